@@ -1,0 +1,1 @@
+"""Feature specs: the YAML that declares tables and features, its loading and its validation."""

@@ -1,0 +1,530 @@
+"""The feature spec: a YAML file that declares tables and features, and nothing else names a feature.
+
+Format (see ``features/specs/*.yaml`` for complete examples)::
+
+    name: movielens
+    label: label                  # label column (absent when scoring)
+    row_id: row_id                # row id column, kept through scoring
+    domains:                      # N >= 2 behaviour domains, each with the item table it shares
+      - {name: A, table: item_A}
+      - {name: B, table: item_B}
+    tables:
+      - {name: user, num_embeddings: 8192, embedding_dim: 32}
+      - {name: item_A, num_embeddings: 4096, embedding_dim: 32}
+      - {name: item_B, num_embeddings: 4096, embedding_dim: 32}
+    features:
+      - {name: user_id, kind: id, column: user_id, table: user, mapping: {type: hash}}
+      - {name: item, kind: candidate, column: item_id, domain_column: domain,
+         mapping: {type: identity, oov: clip}}
+      - {name: hist_A, kind: sequence, column: hist_A, domain: A, max_len: 100,
+         mapping: {type: identity, oov: clip}}
+      - {name: hist_B, kind: sequence, column: hist_B, domain: B, max_len: 100,
+         mapping: {type: identity, oov: clip}}
+      - {name: hist_count_A, kind: dense, column: hist_count_A, fill: 0.0, transform: log1p}
+
+Feature kinds:
+    ``id`` one id per row, pooled (EmbeddingBagCollection); ``id_list`` a bag of ids, pooled;
+    ``sequence`` a domain's behaviour history, unpooled (EmbeddingCollection), sharing the domain's table;
+    ``candidate`` the row's candidate item: one id in the table of the row's domain (``domain_column``),
+    so it shares that table with the domain's history; ``dense`` a float column.
+
+Id mappings:
+    ``hash`` a stable hash of int or string ids into ``[0, num_embeddings)``;
+    ``identity`` the id is the row; ids outside ``[0, num_embeddings)`` follow ``oov``: ``error`` stops with
+    the file/row group/column, ``clip`` sends them to the reserved last row (so valid ids are
+    ``[0, num_embeddings - 1)``) and counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
+
+from features.errors import InputError
+
+FeatureKind = Literal["id", "id_list", "sequence", "candidate", "dense"]
+FEATURE_KINDS: tuple[str, ...] = ("id", "id_list", "sequence", "candidate", "dense")
+POOLED_KINDS: tuple[str, ...] = ("id", "id_list")
+TRANSFORMS: tuple[str, ...] = ("none", "log1p", "standardize")
+POOLINGS: dict[str, PoolingType] = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+DATA_TYPES: dict[str, DataType] = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    """How raw ids become table rows.
+
+    Args:
+        type: ``hash`` or ``identity``.
+        oov: for ``identity``: ``error`` or ``clip`` (to the reserved last row).
+    """
+
+    type: Literal["hash", "identity"] = "hash"
+    oov: Literal["error", "clip"] = "error"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One embedding table (shareable by several features)."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    pooling: str = "sum"
+    data_type: str = "fp32"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """A behaviour domain and the item table its candidates and history share."""
+
+    name: str
+    table: str
+
+
+@dataclass(frozen=True)
+class FeatureDef:
+    """One feature. Fields that do not apply to a kind are left at their defaults."""
+
+    name: str
+    kind: FeatureKind
+    column: str
+    table: str = ""
+    mapping: IdMapping = field(default_factory=IdMapping)
+    domain: str = ""  # sequence: the domain whose history this is
+    max_len: int = 0  # sequence: keep the most recent max_len events
+    domain_column: str = ""  # candidate: column holding the row's domain name
+    fill: float = 0.0  # dense: value for missing / NaN
+    transform: str = "none"  # dense: none | log1p | standardize
+    mean: float = 0.0  # dense standardize
+    std: float = 1.0  # dense standardize
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec (or with data against it), with where and how to fix it."""
+
+    source: str  # spec file, or data file / row group
+    feature: str  # feature (or table / top-level key) concerned
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: [{self.feature}] {self.message} Fix: {self.fix}"
+
+
+class SpecError(InputError):
+    """A spec (or data checked against it) has problems: all of them are listed, one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) found:\n{lines}")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A loaded, validated feature spec. Build with :func:`load_spec`."""
+
+    path: str
+    name: str
+    label: str
+    row_id: str
+    domains: tuple[DomainSpec, ...]
+    tables: tuple[TableSpec, ...]
+    features: tuple[FeatureDef, ...]
+
+    # ---- derived views -------------------------------------------------------------------------------
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+    @property
+    def embedding_dim(self) -> int:
+        """D: one dim for every table (the DLRM interaction dots them together)."""
+        return self.tables[0].embedding_dim
+
+    def table(self, name: str) -> TableSpec:
+        return next(t for t in self.tables if t.name == name)
+
+    def of_kind(self, *kinds: str) -> list[FeatureDef]:
+        return [f for f in self.features if f.kind in kinds]
+
+    @property
+    def candidate(self) -> FeatureDef:
+        return self.of_kind("candidate")[0]
+
+    def sequence_for(self, domain: str) -> FeatureDef:
+        return next(f for f in self.of_kind("sequence") if f.domain == domain)
+
+    def candidate_key(self, domain: str) -> str:
+        """KJT key of the candidate id in ``domain``'s table (length 1 in its own domain, 0 elsewhere)."""
+        return f"{self.candidate.name}@{domain}"
+
+    @property
+    def pooled_keys(self) -> list[str]:
+        """KJT keys of the pooled (EmbeddingBagCollection) features, in order."""
+        return [f.name for f in self.of_kind(*POOLED_KINDS)]
+
+    @property
+    def sequence_keys(self) -> list[str]:
+        """KJT keys of the EmbeddingCollection: per domain its history, then its candidate slot."""
+        keys: list[str] = []
+        for d in self.domain_names:
+            keys += [self.sequence_for(d).name, self.candidate_key(d)]
+        return keys
+
+    @property
+    def dense_features(self) -> list[FeatureDef]:
+        return self.of_kind("dense")
+
+    def table_of_key(self, key: str) -> TableSpec:
+        """The table behind a KJT key (pooled, sequence or candidate)."""
+        for f in self.features:
+            if f.name == key:
+                return self.table(f.table)
+        domain = key.rsplit("@", 1)[1]
+        return self.table(next(d.table for d in self.domains if d.name == domain))
+
+    def mapping_of_key(self, key: str) -> IdMapping:
+        for f in self.features:
+            if f.name == key:
+                return f.mapping
+        return self.candidate.mapping
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """TorchRec configs of the pooled tables (one per table, listing the features that share it)."""
+        configs = []
+        for t in self.tables:
+            names = [f.name for f in self.of_kind(*POOLED_KINDS) if f.table == t.name]
+            if names:
+                configs.append(
+                    EmbeddingBagConfig(
+                        name=t.name,
+                        embedding_dim=t.embedding_dim,
+                        num_embeddings=t.num_embeddings,
+                        feature_names=names,
+                        pooling=POOLINGS[t.pooling],
+                        data_type=DATA_TYPES[t.data_type],
+                    )
+                )
+        return configs
+
+    def embedding_configs(self) -> list[EmbeddingConfig]:
+        """TorchRec configs of the unpooled tables: each domain's item table, shared by its history and
+        its candidate slot (parameter sharing between candidate and history)."""
+        configs = []
+        for d in self.domains:
+            t = self.table(d.table)
+            configs.append(
+                EmbeddingConfig(
+                    name=t.name,
+                    embedding_dim=t.embedding_dim,
+                    num_embeddings=t.num_embeddings,
+                    feature_names=[self.sequence_for(d.name).name, self.candidate_key(d.name)],
+                    data_type=DATA_TYPES[t.data_type],
+                )
+            )
+        return configs
+
+    def required_columns(self, *, with_label: bool = True) -> list[str]:
+        cols = [self.row_id] + ([self.label] if with_label else [])
+        for f in self.features:
+            cols.append(f.column)
+            if f.kind == "candidate":
+                cols.append(f.domain_column)
+        return list(dict.fromkeys(cols))
+
+
+# ---- loading ---------------------------------------------------------------------------------------------
+
+
+def _fields_of(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _parse_mapping(raw: Any, src: str, feat: str, problems: list[Problem]) -> IdMapping:
+    if raw is None:
+        return IdMapping()
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, Mapping):
+        problems.append(Problem(src, feat, f"mapping must be a mapping, got {raw!r}.", _MAPPING_FIX))
+        return IdMapping()
+    kind, oov = raw.get("type", "hash"), raw.get("oov", "error")
+    if kind not in ("hash", "identity"):
+        problems.append(Problem(src, feat, f"unknown mapping type {kind!r}.", _MAPPING_FIX))
+        kind = "hash"
+    if oov not in ("error", "clip"):
+        problems.append(Problem(src, feat, f"unknown oov policy {oov!r}.", _MAPPING_FIX))
+        oov = "error"
+    extra = set(raw) - {"type", "oov"}
+    if extra:
+        problems.append(Problem(src, feat, f"unknown mapping keys {sorted(extra)}.", _MAPPING_FIX))
+    return IdMapping(type=kind, oov=oov)
+
+
+_MAPPING_FIX = "write `mapping: {type: hash}` or `mapping: {type: identity, oov: error|clip}`."
+
+
+def _build(cls: type, raw: Any, src: str, what: str, problems: list[Problem], **extra: Any) -> Any:
+    """Instantiate a spec dataclass from a YAML mapping, recording unknown or missing keys as problems."""
+    if not isinstance(raw, Mapping):
+        problems.append(Problem(src, what, f"expected a mapping, got {raw!r}.", "see features/spec.py."))
+        return None
+    unknown = set(raw) - _fields_of(cls) - set(extra)
+    if unknown:
+        problems.append(
+            Problem(
+                src, what, f"unknown keys {sorted(unknown)}.", f"allowed keys: {sorted(_fields_of(cls))}."
+            )
+        )
+    kwargs = {k: v for k, v in raw.items() if k in _fields_of(cls)}
+    # Names must be strings: a list where a name belongs would crash the checks that hash names. The value
+    # is kept as text so the spec still builds and every other problem is reported too.
+    hints = typing.get_type_hints(cls)
+    for key, value in kwargs.items():
+        if hints.get(key) is str and not isinstance(value, str):
+            problems.append(
+                Problem(src, what, f"`{key}` must be a string, got {value!r}.", f"quote `{key}`.")
+            )
+            kwargs[key] = str(value)
+    kwargs.update(extra)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        problems.append(Problem(src, what, f"missing or invalid keys ({e}).", "see features/spec.py."))
+        return None
+
+
+def parse_spec(raw: Any, src: str) -> tuple[FeatureSpec | None, list[Problem]]:
+    """Parse and validate a spec already read from YAML; returns the spec (if buildable) and every problem."""
+    problems: list[Problem] = []
+    if not isinstance(raw, Mapping):
+        return None, [Problem(src, "<spec>", "the file is not a YAML mapping.", "see features/specs/*.yaml.")]
+    unknown = set(raw) - {"name", "label", "row_id", "domains", "tables", "features"}
+    if unknown:
+        problems.append(Problem(src, "<spec>", f"unknown top-level keys {sorted(unknown)}.", "remove them."))
+    for key in ("label", "row_id"):
+        if not isinstance(raw.get(key), str):
+            problems.append(
+                Problem(src, key, f"`{key}` (a column name) is missing.", f"add `{key}: COLUMN`.")
+            )
+
+    tables = [
+        _build(TableSpec, t, src, f"tables[{i}]", problems) for i, t in enumerate(raw.get("tables") or [])
+    ]
+    tables = [t for t in tables if t is not None]
+    domains = [
+        _build(DomainSpec, d, src, f"domains[{i}]", problems) for i, d in enumerate(raw.get("domains") or [])
+    ]
+    domains = [d for d in domains if d is not None]
+    features: list[FeatureDef] = []
+    for i, f in enumerate(raw.get("features") or []):
+        name = f.get("name", f"features[{i}]") if isinstance(f, Mapping) else f"features[{i}]"
+        mapping = _parse_mapping(f.get("mapping") if isinstance(f, Mapping) else None, src, name, problems)
+        built = _build(FeatureDef, f, src, name, problems, mapping=mapping)
+        if built is not None:
+            features.append(built)
+
+    _validate(src, tables, domains, features, problems)
+    if problems:
+        return None, problems
+    # A history's table defaults to its domain's item table: fill it in so every id feature names one.
+    domain_table = {d.name: d.table for d in domains}
+    features = [
+        dataclasses.replace(f, table=domain_table[f.domain]) if f.kind == "sequence" else f for f in features
+    ]
+    spec = FeatureSpec(
+        path=src,
+        name=str(raw.get("name", Path(src).stem)),
+        label=raw["label"],
+        row_id=raw["row_id"],
+        domains=tuple(domains),
+        tables=tuple(tables),
+        features=tuple(features),
+    )
+    return spec, problems
+
+
+def _validate(
+    src: str,
+    tables: list[TableSpec],
+    domains: list[DomainSpec],
+    features: list[FeatureDef],
+    problems: list[Problem],
+) -> None:
+    def add(feat: str, msg: str, fix: str) -> None:
+        problems.append(Problem(src, feat, msg, fix))
+
+    table_names = [t.name for t in tables]
+    by_table = {t.name: t for t in tables}
+    for name in {n for n in table_names if table_names.count(n) > 1}:
+        add(name, f"table name {name!r} is declared more than once.", "give each table a unique name.")
+    for t in tables:
+        if not isinstance(t.num_embeddings, int) or t.num_embeddings < 2:
+            add(
+                t.name,
+                f"num_embeddings must be an integer >= 2, got {t.num_embeddings!r}.",
+                "fix the table size.",
+            )
+        if not isinstance(t.embedding_dim, int) or t.embedding_dim < 1:
+            add(t.name, f"embedding_dim must be a positive integer, got {t.embedding_dim!r}.", "fix the dim.")
+        if t.pooling not in POOLINGS:
+            add(t.name, f"unknown pooling {t.pooling!r}.", f"use one of {sorted(POOLINGS)}.")
+        if t.data_type not in DATA_TYPES:
+            add(t.name, f"unknown data_type {t.data_type!r}.", f"use one of {sorted(DATA_TYPES)}.")
+    dims = {t.embedding_dim for t in tables if isinstance(t.embedding_dim, int)}
+    if len(dims) > 1:
+        detail = ", ".join(f"{t.name}={t.embedding_dim}" for t in tables)
+        add(
+            "tables",
+            f"embedding dims differ ({detail}); the DLRM interaction dots every embedding with every other.",
+            "give every table the same embedding_dim.",
+        )
+
+    domain_names = [d.name for d in domains]
+    if len(domains) < 2:
+        add(
+            "domains",
+            f"{len(domains)} domain(s) declared; crossrank ranks across N >= 2 domains.",
+            "declare 2+.",
+        )
+    for name in {n for n in domain_names if domain_names.count(n) > 1}:
+        add(name, f"domain {name!r} is declared more than once.", "give each domain a unique name.")
+    for name in domain_names:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            add(name, f"domain name {name!r} may hold only letters, digits and '_'.", "rename the domain.")
+    for d in domains:
+        if d.table not in by_table:
+            add(
+                d.name,
+                f"domain {d.name!r} uses unknown table {d.table!r}.",
+                f"declare it; tables: {table_names}.",
+            )
+    domain_tables = [d.table for d in domains]
+    for t in {t for t in domain_tables if domain_tables.count(t) > 1}:
+        add(t, f"table {t!r} is the item table of several domains.", "give each domain its own item table.")
+
+    feature_names = [f.name for f in features]
+    for name in {n for n in feature_names if feature_names.count(n) > 1}:
+        add(name, f"feature name {name!r} is declared more than once.", "give each feature a unique name.")
+    domain_table = {d.name: d.table for d in domains}
+    table_kinds: dict[str, set[str]] = {}
+    table_mappings: dict[str, set[IdMapping]] = {}
+    n_candidates = 0
+    for f in features:
+        if f.kind not in FEATURE_KINDS:
+            add(f.name, f"unknown kind {f.kind!r}.", f"use one of {list(FEATURE_KINDS)}.")
+            continue
+        if not isinstance(f.column, str) or not f.column:
+            add(f.name, "no source `column`.", "add `column: NAME`.")
+        if "@" in f.name:
+            add(
+                f.name,
+                "feature names may not contain '@' (reserved for per-domain candidate keys).",
+                "rename it.",
+            )
+        if f.kind == "dense":
+            if f.transform not in TRANSFORMS:
+                add(f.name, f"unknown transform {f.transform!r}.", f"use one of {list(TRANSFORMS)}.")
+            if f.transform == "standardize" and not (isinstance(f.std, int | float) and f.std > 0):
+                add(f.name, f"standardize needs std > 0, got {f.std!r}.", "set `mean:` and `std:`.")
+            if f.table:
+                add(f.name, "a dense feature has no table.", "remove `table:`.")
+            continue
+        table = f.table
+        if f.kind == "sequence":
+            if f.domain not in domain_table:
+                add(
+                    f.name,
+                    f"sequence feature names unknown domain {f.domain!r}.",
+                    f"use one of {domain_names}.",
+                )
+                continue
+            if table and table != domain_table[f.domain]:
+                add(
+                    f.name,
+                    f"uses table {table!r} but domain {f.domain!r} has item table {domain_table[f.domain]!r}; "
+                    "a domain's history and candidate share one table.",
+                    "drop `table:` (it defaults to the domain's table) or fix it.",
+                )
+            table = domain_table[f.domain]
+            if not isinstance(f.max_len, int) or f.max_len < 1:
+                add(f.name, f"max_len must be a positive integer, got {f.max_len!r}.", "set `max_len: N`.")
+        elif f.kind == "candidate":
+            n_candidates += 1
+            if not f.domain_column:
+                add(f.name, "a candidate feature needs `domain_column`.", "add `domain_column: COLUMN`.")
+            for d in domains:
+                table_kinds.setdefault(d.table, set()).add("unpooled")
+                table_mappings.setdefault(d.table, set()).add(f.mapping)
+            continue
+        elif not table:
+            add(f.name, f"a {f.kind} feature needs `table:`.", f"name one of {table_names}.")
+            continue
+        if table not in by_table:
+            add(
+                f.name, f"uses unknown table {table!r}.", f"declare it under `tables:`; known: {table_names}."
+            )
+            continue
+        table_kinds.setdefault(table, set()).add("pooled" if f.kind in POOLED_KINDS else "unpooled")
+        table_mappings.setdefault(table, set()).add(f.mapping)
+
+    if n_candidates != 1:
+        add(
+            "features",
+            f"{n_candidates} candidate features; exactly one is needed.",
+            "declare one `kind: candidate`.",
+        )
+    for d in domain_names:
+        n = sum(1 for f in features if f.kind == "sequence" and f.domain == d)
+        if n != 1:
+            add(
+                d,
+                f"domain {d!r} has {n} sequence features; exactly one is needed.",
+                "declare its history once.",
+            )
+    if not any(f.kind in POOLED_KINDS for f in features):
+        add("features", "no pooled (`id`/`id_list`) feature.", "declare at least one, e.g. the user id.")
+    for t, kinds in table_kinds.items():
+        if len(kinds) > 1:
+            add(
+                t,
+                f"table {t!r} is used by pooled and unpooled features; TorchRec keeps them in two collections.",
+                "give the pooled features their own table.",
+            )
+    for t, maps in table_mappings.items():
+        if len(maps) > 1:
+            kinds = sorted(f"{m.type}/{m.oov}" for m in maps)
+            add(t, f"features sharing table {t!r} map ids differently ({kinds}).", "use one mapping.")
+
+
+def load_spec(path: str | Path) -> FeatureSpec:
+    """Read and validate a feature spec; raises :class:`SpecError` listing every problem at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            "feature spec not found.", where=str(path), fix="pass the path of a YAML feature spec."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"not valid YAML ({e}).", where=str(path), fix="fix the YAML syntax.") from None
+    spec, problems = parse_spec(raw, str(path))
+    if problems or spec is None:
+        raise SpecError(problems)
+    return spec
+
+
+def builtin_spec_path(name: str) -> Path:
+    """Path of a spec shipped with crossrank (``movielens``, ``synthetic``)."""
+    return Path(__file__).parent / "specs" / f"{name}.yaml"

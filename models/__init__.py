@@ -1,0 +1,1 @@
+"""The DLRM-style ranker and its arches."""

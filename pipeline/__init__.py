@@ -1,0 +1,1 @@
+"""Data preparation and reading, training, evaluation and the ``crossrank`` CLI."""

@@ -1,0 +1,180 @@
+"""Job configs: one YAML file with ``data``, ``model`` and ``train`` sections, plus ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from features.errors import InputError
+from models.ranker import RankerConfig
+from models.sequence import SEQUENCE_ENCODERS
+
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is batched.
+
+    Args:
+        spec: feature spec YAML.
+        train / valid / test: Parquet file or folder per split (valid/test may be empty to skip).
+        batch_size: rows per batch per rank.
+        eval_batch_size: rows per batch per rank in evaluation.
+        shuffle_units: row groups mixed together when shuffling training rows.
+    """
+
+    spec: str = "features/specs/synthetic.yaml"
+    train: str = ""
+    valid: str = ""
+    test: str = ""
+    batch_size: int = 512
+    eval_batch_size: int = 2048
+    shuffle_units: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and loop settings.
+
+    Args:
+        epochs: passes over the training data.
+        max_steps: stop each epoch after this many steps (0: no limit), for smoke runs.
+        sparse_optimizer: fused in-backward optimizer of the embedding tables.
+        sparse_lr / dense_lr: learning rates (dense: Adam).
+        seed: seeds weights and shuffling.
+        log_every: progress bar update interval in steps.
+    """
+
+    epochs: int = 1
+    max_steps: int = 0
+    sparse_optimizer: str = "rowwise_adagrad"
+    sparse_lr: float = 0.05
+    dense_lr: float = 1e-3
+    seed: int = 0
+    log_every: int = 20
+
+
+@dataclass
+class JobConfig:
+    """A whole training job. ``run_dir`` receives metrics.json, the resolved config and logs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: RankerConfig = field(default_factory=RankerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_dir: str = "runs/default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Parse override strings and check YAML values against the field type."""
+    if isinstance(value, str) and typ is not str:
+        value = yaml.safe_load(value)
+    ok = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        bool: lambda v: isinstance(v, bool),
+    }.get(typ, lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v))
+    if not ok(value):
+        raise InputError(
+            f"{where} = {value!r} is not a valid {getattr(typ, '__name__', typ)}.", fix="fix the value."
+        )
+    return float(value) if typ is float else value
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise InputError(f"section '{where}' must be a mapping.", fix="see configs/demo.yaml.")
+    hints = get_type_hints(cls)
+    unknown = set(raw) - set(hints)
+    if unknown:
+        raise InputError(
+            f"unknown key(s) {sorted(unknown)} in section '{where}'.", fix=f"allowed keys: {sorted(hints)}."
+        )
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a job config (YAML) and apply ``section.key=value`` overrides (values parsed as YAML).
+
+    Example::
+
+        cfg = load_config("configs/demo.yaml", ["train.epochs=2", "model.over_arch_layer_sizes=[64,1]"])
+    """
+    raw: dict[str, Any] = {}
+    where = str(path) if path else "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(
+                "config file not found.", where=where, fix="pass --config PATH to a YAML job config."
+            )
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"not valid YAML ({e}).", where=where, fix="fix the YAML syntax.") from None
+        if not isinstance(raw, dict):
+            raise InputError("a config must be a YAML mapping.", where=where, fix="see configs/demo.yaml.")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) > 2:
+            raise InputError(f"override {item!r} is not SECTION.KEY=VALUE.", fix="e.g. --set train.epochs=2.")
+        target = raw.setdefault(parts[0], {}) if len(parts) == 2 else raw
+        if not isinstance(target, dict):
+            raise InputError(
+                f"override {item!r}: '{parts[0]}' is not a section.", where=where, fix="check the key."
+            )
+        target[parts[-1]] = value
+    unknown = set(raw) - {"data", "model", "train", "run_dir"}
+    if unknown:
+        raise InputError(
+            f"unknown section(s) {sorted(unknown)}.", where=where, fix="use data, model, train, run_dir."
+        )
+    try:
+        cfg = JobConfig(
+            data=_section(DataConfig, raw.get("data"), "data"),
+            model=_section(RankerConfig, raw.get("model"), "model"),
+            train=_section(TrainConfig, raw.get("train"), "train"),
+            run_dir=str(raw.get("run_dir", JobConfig.run_dir)),
+        )
+    except InputError as e:
+        raise InputError(e.what, where=where, fix=e.fix) from None
+    _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: JobConfig, where: str) -> None:
+    def bad(msg: str, fix: str) -> None:
+        raise InputError(msg, where=where, fix=fix)
+
+    if cfg.model.sequence_encoder not in SEQUENCE_ENCODERS:
+        bad(
+            f"model.sequence_encoder {cfg.model.sequence_encoder!r} is unknown.",
+            f"use one of {sorted(SEQUENCE_ENCODERS)}.",
+        )
+    if cfg.train.sparse_optimizer not in SPARSE_OPTIMIZERS:
+        bad(
+            f"train.sparse_optimizer {cfg.train.sparse_optimizer!r} is unknown.",
+            f"use one of {SPARSE_OPTIMIZERS}.",
+        )
+    if not cfg.model.over_arch_layer_sizes or cfg.model.over_arch_layer_sizes[-1] != 1:
+        bad("model.over_arch_layer_sizes must end with 1 (the logit).", "e.g. [128, 64, 1].")
+    if len(cfg.model.over_arch_layer_sizes) < 2:
+        bad("model.over_arch_layer_sizes needs at least two layers.", "e.g. [64, 1].")
+    if not cfg.data.train:
+        bad("data.train is not set.", "set data.train to a Parquet file or folder.")
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(cfg.data, name) < 1:
+            bad(f"data.{name} must be >= 1.", f"set data.{name}.")
+    if cfg.train.epochs < 1:
+        bad("train.epochs must be >= 1.", "set train.epochs.")

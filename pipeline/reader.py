@@ -1,0 +1,443 @@
+"""Streaming Parquet -> :class:`~pipeline.batch.Batch`, each rank reading a disjoint share of row groups.
+
+The unit of work is one (file, row group). Units are balanced across ranks by row count; each unit is
+converted to a columnar :class:`Block` in one vectorised pass (ids mapped per the spec, histories truncated
+to the most recent ``max_len`` events), so errors name the file and row group, and batches are cut from
+blocks without per-row Python. Every batch has exactly ``batch_size`` rows: the tail is padded with
+empty rows of weight 0, and :meth:`ParquetBatchReader.batches` pads with whole empty batches up to an
+agreed count, so ranks with fewer rows never leave a collective hanging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from features.check import list_parquet_files, schema_problems
+from features.errors import InputError
+from features.idmap import map_ids
+from features.spec import FeatureSpec, SpecError
+from pipeline.batch import Batch
+
+
+def _excl_cumsum(x: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(x) + 1, dtype=np.int64)
+    np.cumsum(x, out=out[1:])
+    return out
+
+
+def jagged_take(lengths: np.ndarray, values: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``idx`` of a jagged array (lengths, values), vectorised."""
+    offsets = _excl_cumsum(lengths)
+    new_lengths = lengths[idx]
+    starts = offsets[:-1][idx]
+    total = int(new_lengths.sum())
+    gather = np.repeat(starts - _excl_cumsum(new_lengths)[:-1], new_lengths) + np.arange(total)
+    return new_lengths, values[gather]
+
+
+def keep_last(lengths: np.ndarray, values: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truncate each row of a jagged array to its last ``max_len`` entries (the most recent events)."""
+    if len(lengths) == 0 or lengths.max(initial=0) <= max_len:
+        return lengths, values
+    kept = np.minimum(lengths, max_len)
+    starts = _excl_cumsum(lengths)[:-1] + (lengths - kept)
+    gather = np.repeat(starts - _excl_cumsum(kept)[:-1], kept) + np.arange(int(kept.sum()))
+    return kept, values[gather]
+
+
+@dataclass
+class Block:
+    """Columnar, already-mapped rows: the reader's unit between Parquet and a Batch.
+
+    Args:
+        dense: [n, F_dense] float32.
+        labels: [n] float32.
+        domains: [n] int64 candidate domain index.
+        row_ids: [n] int64 row ids (-1 where the row id column is not an integer).
+        jagged: KJT key -> (lengths [n] int32, values int64 rows).
+    """
+
+    dense: np.ndarray
+    labels: np.ndarray
+    domains: np.ndarray
+    row_ids: np.ndarray
+    jagged: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> Block:
+        return Block(
+            self.dense[idx],
+            self.labels[idx],
+            self.domains[idx],
+            self.row_ids[idx],
+            {k: jagged_take(lv[0], lv[1], idx) for k, lv in self.jagged.items()},
+        )
+
+    def slice(self, start: int, stop: int) -> Block:
+        return self.take(np.arange(start, min(stop, len(self))))
+
+    @staticmethod
+    def concat(blocks: list[Block]) -> Block:
+        if len(blocks) == 1:
+            return blocks[0]
+        keys = blocks[0].jagged.keys()
+        return Block(
+            np.concatenate([b.dense for b in blocks]),
+            np.concatenate([b.labels for b in blocks]),
+            np.concatenate([b.domains for b in blocks]),
+            np.concatenate([b.row_ids for b in blocks]),
+            {
+                k: (
+                    np.concatenate([b.jagged[k][0] for b in blocks]),
+                    np.concatenate([b.jagged[k][1] for b in blocks]),
+                )
+                for k in keys
+            },
+        )
+
+    @staticmethod
+    def empty(n: int, n_dense: int, keys: list[str]) -> Block:
+        """n rows with no ids, zero dense features, label 0 — the padding rows (given weight 0)."""
+        z = np.zeros(n, dtype=np.int32)
+        return Block(
+            np.zeros((n, n_dense), np.float32),
+            np.zeros(n, np.float32),
+            np.zeros(n, np.int64),
+            np.full(n, -1, np.int64),
+            {k: (z, np.zeros(0, np.int64)) for k in keys},
+        )
+
+    def to_batch(self, pooled_keys: list[str], sequence_keys: list[str], batch_size: int) -> Batch:
+        """A Batch of exactly ``batch_size`` rows: this block's rows (weight 1) then padding (weight 0)."""
+        n = len(self)
+        pad = batch_size - n
+        if pad < 0:
+            raise ValueError(f"block of {n} rows exceeds batch size {batch_size}")
+        block = (
+            self
+            if pad == 0
+            else Block.concat([self, Block.empty(pad, self.dense.shape[1], list(self.jagged))])
+        )
+        weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+
+        def kjt(keys: list[str]) -> KeyedJaggedTensor:
+            return KeyedJaggedTensor(
+                keys=keys,
+                values=torch.from_numpy(np.concatenate([block.jagged[k][1] for k in keys])),
+                lengths=torch.from_numpy(np.concatenate([block.jagged[k][0] for k in keys]).astype(np.int32)),
+            )
+
+        return Batch(
+            dense=torch.from_numpy(block.dense),
+            pooled=kjt(pooled_keys),
+            sequences=kjt(sequence_keys),
+            labels=torch.from_numpy(block.labels),
+            weights=torch.from_numpy(weights),
+            domains=torch.from_numpy(block.domains),
+            row_ids=torch.from_numpy(block.row_ids),
+        )
+
+
+@dataclass
+class ReaderStats:
+    """Policies applied while reading (reported, never silent)."""
+
+    oov: dict[str, int] = field(default_factory=dict)  # feature -> ids sent to the OOV row
+    dense_filled: dict[str, int] = field(default_factory=dict)  # feature -> missing/NaN values filled
+    rows: int = 0
+
+    def add(self, counts: dict[str, int], name: str, n: int) -> None:
+        if n:
+            counts[name] = counts.get(name, 0) + n
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one file: the reader's unit of work."""
+
+    file: Path
+    row_group: int
+    num_rows: int
+
+    def __str__(self) -> str:
+        return f"{self.file} (row group {self.row_group})"
+
+
+def discover_units(spec: FeatureSpec, path: str | Path, *, with_label: bool = True) -> list[Unit]:
+    """Every (file, row group) under ``path``, after checking each file's schema against the spec."""
+    units: list[Unit] = []
+    problems = []
+    for file in list_parquet_files(path):
+        try:
+            meta = pq.ParquetFile(file)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(
+                f"not a readable Parquet file ({e}).", where=str(file), fix="re-create the file."
+            ) from None
+        if meta.metadata.num_rows == 0:
+            raise InputError(
+                "the Parquet file has no rows.", where=str(file), fix="remove it or re-prepare the data."
+            )
+        problems += schema_problems(spec, meta.schema_arrow, str(file), with_label=with_label)
+        units += [Unit(file, rg, meta.metadata.row_group(rg).num_rows) for rg in range(meta.num_row_groups)]
+    if problems:
+        raise SpecError(problems)
+    return units
+
+
+def assign_units(units: list[Unit], world_size: int) -> list[list[Unit]]:
+    """Balance units across ranks by rows (largest first to the least-loaded rank); deterministic."""
+    shares: list[list[Unit]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    for u in sorted(units, key=lambda u: (-u.num_rows, str(u.file), u.row_group)):
+        r = min(range(world_size), key=lambda i: (load[i], i))
+        shares[r].append(u)
+        load[r] += u.num_rows
+    return [sorted(s, key=lambda u: (str(u.file), u.row_group)) for s in shares]
+
+
+class BlockConverter:
+    """Turns one Arrow table (one unit's rows) into a :class:`Block` per the feature spec."""
+
+    def __init__(self, spec: FeatureSpec, *, with_label: bool = True) -> None:
+        self.spec = spec
+        self.with_label = with_label
+        self.stats = ReaderStats()
+        self.columns = spec.required_columns(with_label=with_label)
+
+    def convert(self, table: pa.Table, where: str) -> Block:
+        spec = self.spec
+        n = table.num_rows
+        jagged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for f in spec.of_kind("id", "id_list", "sequence"):
+            col = table.column(f.column).combine_chunks()
+            if f.kind == "id":
+                valid = col.is_valid().to_numpy(zero_copy_only=False)
+                lengths = valid.astype(np.int32)
+                flat = col.filter(col.is_valid())
+            else:
+                lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int32)
+                flat = pc.list_flatten(col)
+            if flat.null_count:
+                raise InputError(
+                    f"feature '{f.name}': column '{f.column}' holds {flat.null_count} null id(s) inside its lists.",
+                    where=where,
+                    spec=spec.path,
+                    fix="drop null ids from the lists when preparing the data.",
+                )
+            values = flat.to_numpy(zero_copy_only=False)
+            if f.kind == "sequence":
+                lengths, values = keep_last(lengths, values, f.max_len)
+            rows, n_oov = map_ids(
+                values, spec.table_of_key(f.name), f.mapping, where=where, feature=f.name, spec_path=spec.path
+            )
+            self.stats.add(self.stats.oov, f.name, n_oov)
+            jagged[f.name] = (lengths, rows)
+
+        domains = self._domains(table, where)
+        cand = spec.candidate
+        cand_col = table.column(cand.column).combine_chunks()
+        if cand_col.null_count:
+            raise InputError(
+                f"feature '{cand.name}': {cand_col.null_count} row(s) have no candidate id in '{cand.column}'.",
+                where=where,
+                spec=spec.path,
+                fix="every row needs a candidate item.",
+            )
+        cand_ids = cand_col.to_numpy(zero_copy_only=False)
+        for i, d in enumerate(spec.domain_names):
+            mask = domains == i
+            key = spec.candidate_key(d)
+            rows, n_oov = map_ids(
+                cand_ids[mask],
+                spec.table_of_key(key),
+                cand.mapping,
+                where=where,
+                feature=key,
+                spec_path=spec.path,
+            )
+            self.stats.add(self.stats.oov, key, n_oov)
+            jagged[key] = (mask.astype(np.int32), rows)
+
+        self.stats.rows += n
+        rid = table.column(spec.row_id)
+        row_ids = (
+            rid.to_numpy().astype(np.int64) if pa.types.is_integer(rid.type) else np.full(n, -1, np.int64)
+        )
+        return Block(self._dense(table, where), self._labels(table, where), domains, row_ids, jagged)
+
+    def _domains(self, table: pa.Table, where: str) -> np.ndarray:
+        cand = self.spec.candidate
+        col = table.column(cand.domain_column).combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(pa.string())
+        idx = pc.index_in(col, value_set=pa.array(self.spec.domain_names))
+        if idx.null_count:
+            unknown = pc.unique(col.filter(pc.is_null(idx))).to_pylist()[:5]
+            raise InputError(
+                f"column '{cand.domain_column}' holds domain(s) {unknown} not declared in the spec "
+                f"(declared: {self.spec.domain_names}).",
+                where=where,
+                spec=f"{self.spec.path} (feature '{cand.name}')",
+                fix="declare the domain under `domains:` or fix the data.",
+            )
+        return idx.to_numpy().astype(np.int64)
+
+    def _dense(self, table: pa.Table, where: str) -> np.ndarray:
+        feats = self.spec.dense_features
+        if not feats:  # DenseArch needs one input: a constant column keeps the interface uniform
+            return np.ones((table.num_rows, 1), np.float32)
+        out = np.empty((table.num_rows, len(feats)), np.float32)
+        for j, f in enumerate(feats):
+            x = table.column(f.column).to_numpy().astype(np.float32)  # nulls -> NaN
+            missing = ~np.isfinite(x)
+            self.stats.add(self.stats.dense_filled, f.name, int(missing.sum()))
+            x[missing] = f.fill
+            if f.transform == "log1p":
+                if (x < 0).any():
+                    raise InputError(
+                        f"feature '{f.name}': log1p of negative values in column '{f.column}' "
+                        f"(min {float(x.min())}).",
+                        where=where,
+                        spec=self.spec.path,
+                        fix="use `transform: standardize` or `none` for signed values.",
+                    )
+                x = np.log1p(x)
+            elif f.transform == "standardize":
+                x = (x - f.mean) / f.std
+            out[:, j] = x
+        return out
+
+    def _labels(self, table: pa.Table, where: str) -> np.ndarray:
+        if not self.with_label:
+            return np.zeros(table.num_rows, np.float32)
+        col = table.column(self.spec.label)
+        if col.null_count:
+            raise InputError(
+                f"label column '{self.spec.label}' has {col.null_count} null value(s).",
+                where=where,
+                spec=self.spec.path,
+                fix="drop unlabeled rows from training/evaluation data.",
+            )
+        y = col.to_numpy().astype(np.float32)
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise InputError(
+                f"label column '{self.spec.label}' holds values other than 0/1 (e.g. {float(y[~np.isin(y, (0, 1))][0])}).",
+                where=where,
+                spec=self.spec.path,
+                fix="binarise the label when preparing the data.",
+            )
+        return y
+
+
+class ParquetBatchReader:
+    """Streams one rank's share of a Parquet file or folder as fixed-size :class:`Batch` es.
+
+    Args:
+        spec: the feature spec (columns, id mapping, truncation).
+        path: a Parquet file or a folder of them.
+        batch_size: rows per batch (B), the same on every rank.
+        rank, world_size: this process's share: units are balanced across ranks by row count.
+        shuffle: shuffle unit order and rows (within a window of ``shuffle_units`` units) per epoch.
+        seed: shuffling seed (the epoch is added, so every epoch differs and every run repeats).
+        with_label: False for unlabeled scoring input.
+
+    Example::
+
+        reader = ParquetBatchReader(spec, "data/demo/train", batch_size=512, rank=0, world_size=2)
+        for batch in reader.batches(epoch=0, num_batches=reader.num_batches):
+            ...
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        path: str | Path,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_units: int = 4,
+        with_label: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.", fix="set data.batch_size.")
+        self.spec = spec
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_units = max(1, shuffle_units)
+        self.units = assign_units(discover_units(spec, path, with_label=with_label), world_size)[rank]
+        self.converter = BlockConverter(spec, with_label=with_label)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(u.num_rows for u in self.units)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches this rank yields for its rows (the last one padded)."""
+        return -(-self.num_rows // self.batch_size)
+
+    @property
+    def stats(self) -> ReaderStats:
+        return self.converter.stats
+
+    def _read(self, unit: Unit) -> Block:
+        try:
+            table = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=self.converter.columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(
+                f"cannot read the row group ({e}).", where=str(unit), fix="re-create the file."
+            ) from None
+        return self.converter.convert(table, str(unit))
+
+    def blocks(self, epoch: int = 0) -> Iterator[Block]:
+        """This rank's rows as blocks (shuffled windows of units when ``shuffle``)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        units = list(self.units)
+        if self.shuffle:
+            units = [units[i] for i in rng.permutation(len(units))]
+        window = self.shuffle_units if self.shuffle else 1
+        for start in range(0, len(units), window):
+            block = Block.concat([self._read(u) for u in units[start : start + window]])
+            yield block.take(rng.permutation(len(block))) if self.shuffle else block
+
+    def batches(self, epoch: int = 0, num_batches: int | None = None) -> Iterator[Batch]:
+        """Exactly ``num_batches`` batches (default: this rank's own count); past the data, empty batches."""
+        total = self.num_batches if num_batches is None else num_batches
+        pooled, seq = self.spec.pooled_keys, self.spec.sequence_keys
+        emitted = 0
+        carry: Block | None = None
+        for block in self.blocks(epoch):
+            if carry is not None:
+                block = Block.concat([carry, block])
+            full = len(block) // self.batch_size * self.batch_size
+            for start in range(0, full, self.batch_size):
+                if emitted == total:
+                    return
+                yield block.slice(start, start + self.batch_size).to_batch(pooled, seq, self.batch_size)
+                emitted += 1
+            carry = block.slice(full, len(block)) if full < len(block) else None
+        if carry is not None and emitted < total:
+            yield carry.to_batch(pooled, seq, self.batch_size)
+            emitted += 1
+        n_dense = max(1, len(self.spec.dense_features))
+        while emitted < total:
+            yield Block.empty(0, n_dense, list(self.spec.sequence_keys + pooled)).to_batch(
+                pooled, seq, self.batch_size
+            )
+            emitted += 1

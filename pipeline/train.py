@@ -1,0 +1,219 @@
+"""The training job: shard the ranker with the TorchRec planner, train with ``TrainPipelineSparseDist``,
+validate each epoch, test at the end, write metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.sharding_plan import get_default_sharders
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.types import ShardingPlan
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+from tqdm import tqdm
+
+from features.spec import FeatureSpec, load_spec
+from models.ranker import CrossDomainRanker, RankerTrain
+from pipeline.config import JobConfig
+from pipeline.distributed import DistContext, all_gather_cat, all_reduce_max, init_distributed
+from pipeline.metrics import compute_metrics, format_metrics_table
+from pipeline.reader import ParquetBatchReader
+
+SPARSE_OPTIMIZER_CLASSES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "rowwise_adagrad": (RowWiseAdagrad, {}),
+    "adagrad": (torch.optim.Adagrad, {}),
+    "adam": (torch.optim.Adam, {}),
+    "sgd": (torch.optim.SGD, {}),
+}
+
+
+def count_parameters(model: CrossDomainRanker) -> dict[str, int]:
+    """Dense and embedding parameter counts (reported separately: they scale differently)."""
+    emb_modules = (model.sparse_arch, model.embedding_collection)
+    embedding = sum(p.numel() for m in emb_modules for p in m.parameters())
+    dense = sum(p.numel() for p in model.parameters()) - embedding
+    return {"dense": dense, "embedding": embedding}
+
+
+def build_sharded_model(
+    spec: FeatureSpec, cfg: JobConfig, ctx: DistContext
+) -> tuple[DistributedModelParallel, torch.optim.Optimizer, ShardingPlan, dict[str, int]]:
+    """Ranker with meta-device tables -> planner (for this world size and device) -> DMP, with a fused
+    in-backward sparse optimizer and an Adam dense optimizer combined into one."""
+    torch.manual_seed(cfg.train.seed)
+    ranker = CrossDomainRanker(spec, cfg.model, device=torch.device("meta"))
+    params = count_parameters(ranker)
+    model = RankerTrain(ranker)
+    opt_cls, opt_kwargs = SPARSE_OPTIMIZER_CLASSES[cfg.train.sparse_optimizer]
+    sparse_params = [*ranker.sparse_arch.parameters(), *ranker.embedding_collection.parameters()]
+    apply_optimizer_in_backward(opt_cls, sparse_params, {"lr": cfg.train.sparse_lr, **opt_kwargs})
+
+    planner = EmbeddingShardingPlanner(
+        topology=TopologyFactory.create_topology(
+            TrainerConfig(world_size=ctx.world_size),
+            kernel_config=KernelConfig(compute_device=ctx.device.type),
+        ),
+        batch_size=cfg.data.batch_size,
+        storage_reservation=FixedPercentageStorageReservation(0.15),
+    )
+    sharders = get_default_sharders()
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan, sharders=sharders)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda ps: torch.optim.Adam(ps, lr=cfg.train.dense_lr),
+    )
+    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan, params
+
+
+def describe_plan(plan: ShardingPlan) -> dict[str, str]:
+    """table -> "sharding_type on ranks [...]" (for the log and the run folder)."""
+    out = {}
+    for module_plan in plan.plan.values():
+        for table, ps in module_plan.items():  # type: ignore[union-attr]
+            ranks = sorted(
+                {
+                    r
+                    for s in (ps.sharding_spec.shards if ps.sharding_spec else [])
+                    for r in [s.placement.rank()]
+                }
+            )
+            out[table] = f"{ps.sharding_type} on ranks {ranks or ps.ranks}"
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, reader: ParquetBatchReader, spec: FeatureSpec, ctx: DistContext
+) -> dict[str, float]:
+    """Metrics of ``model`` on the reader's data: every rank runs the same number of (padded) batches,
+    predictions are gathered and metrics computed identically on every rank."""
+    was_training = model.training
+    model.eval()
+    steps = all_reduce_max(reader.num_batches, ctx)
+    outs: list[tuple[torch.Tensor, ...]] = []
+    for batch in reader.batches(num_batches=steps):
+        _, (_, logits, labels, weights, domains) = model(batch.to(ctx.device))
+        outs.append((logits.float(), labels.float(), weights.float(), domains))
+    model.train(was_training)
+    cols = [all_gather_cat(torch.cat(c), ctx).cpu() for c in zip(*outs, strict=True)]
+    return compute_metrics(*cols, domain_names=spec.domain_names)
+
+
+@dataclass
+class TrainResult:
+    """What a training run measured (also written to ``run_dir/metrics.json``)."""
+
+    valid: list[dict[str, float]] = field(default_factory=list)
+    test: dict[str, float] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    loss_curve: list[float] = field(default_factory=list)
+    steps: int = 0
+    wall_s: float = 0.0
+    samples_per_s: float = 0.0
+    world_size: int = 1
+    plan: dict[str, str] = field(default_factory=dict)
+    reader: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def train(cfg: JobConfig) -> TrainResult:
+    """Run a training job in this process (one rank of possibly many); returns the same result on every rank."""
+    ctx = init_distributed()
+    spec = load_spec(cfg.data.spec)
+
+    def reader(path: str, batch_size: int, shuffle: bool) -> ParquetBatchReader:
+        return ParquetBatchReader(
+            spec,
+            path,
+            batch_size,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            shuffle=shuffle,
+            seed=cfg.train.seed,
+            shuffle_units=cfg.data.shuffle_units,
+        )
+
+    # Open every split first: bad input fails before any compute.
+    train_reader = reader(cfg.data.train, cfg.data.batch_size, True)
+    valid_reader = reader(cfg.data.valid, cfg.data.eval_batch_size, False) if cfg.data.valid else None
+    test_reader = reader(cfg.data.test, cfg.data.eval_batch_size, False) if cfg.data.test else None
+
+    model, optimizer, plan, params = build_sharded_model(spec, cfg, ctx)
+    result = TrainResult(params=params, world_size=ctx.world_size, plan=describe_plan(plan))
+    if ctx.is_main:
+        print(
+            f"crossrank train: {ctx.world_size} process(es) on {ctx.device} ({ctx.backend}); parameters {params}"
+        )
+        for table, where in result.plan.items():
+            print(f"  table {table}: {where}")
+
+    pipeline = TrainPipelineSparseDist(model, optimizer, ctx.device)
+    window: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        steps = all_reduce_max(train_reader.num_batches, ctx)
+        if cfg.train.max_steps:
+            steps = min(steps, cfg.train.max_steps)
+        batches = iter(train_reader.batches(epoch=epoch, num_batches=steps))
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not ctx.is_main, mininterval=1.0)
+        t_epoch = time.perf_counter()
+        model.train()
+        for step in range(steps):
+            loss, *_ = pipeline.progress(batches)
+            window.append(float(loss))  # this rank's loss: enough for progress, no extra collective
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
+                result.loss_curve.append(sum(window) / len(window))
+                window.clear()
+                rate = (step + 1) * cfg.data.batch_size * ctx.world_size / (time.perf_counter() - t_epoch)
+                bar.set_postfix(loss=f"{result.loss_curve[-1]:.4f}", samples_per_s=f"{rate:,.0f}")
+            bar.update(1)
+        bar.close()
+        result.steps += steps
+        pipeline.detach()  # hand the model back un-pipelined for evaluation
+        if valid_reader is not None:
+            result.valid.append({"epoch": epoch, **evaluate(model, valid_reader, spec, ctx)})
+            if ctx.is_main:
+                v = result.valid[-1]
+                print(f"epoch {epoch}: valid auc {v['auc']:.4f} ne {v['ne']:.4f} logloss {v['logloss']:.4f}")
+    result.wall_s = time.perf_counter() - start
+    result.samples_per_s = result.steps * cfg.data.batch_size * ctx.world_size / max(result.wall_s, 1e-9)
+    if test_reader is not None:
+        result.test = evaluate(model, test_reader, spec, ctx)
+    result.reader = {"oov": train_reader.stats.oov, "dense_filled": train_reader.stats.dense_filled}
+
+    if ctx.is_main:
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _write_json(run_dir / "metrics.json", result.__dict__)
+        tables = {}
+        if result.valid:
+            tables["valid"] = {k: v for k, v in result.valid[-1].items() if k != "epoch"}
+        if result.test:
+            tables["test"] = result.test
+        if tables:
+            print(format_metrics_table(tables))
+        print(
+            f"wall {result.wall_s:.1f}s, {result.samples_per_s:,.0f} samples/s; metrics in {run_dir / 'metrics.json'}"
+        )
+    return result

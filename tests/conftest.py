@@ -1,0 +1,28 @@
+"""Shared fixtures: small synthetic data (seconds to make) and the real MovieLens folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.synthetic import SyntheticConfig, prepare_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small two-domain synthetic set with several row groups per split (so ranks get uneven shares)."""
+    out = tmp_path_factory.mktemp("synthetic")
+    prepare_synthetic(
+        out,
+        SyntheticConfig(users=400, items_per_domain=300, rows=12000, max_len=40, seed=3, row_group_size=1500),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_spec() -> Path:
+    return REPO / "features" / "specs" / "synthetic.yaml"

@@ -1,0 +1,78 @@
+"""TorchX components that launch crossrank jobs, unchanged, on ``local_cwd``, Kubernetes or Slurm.
+
+This file imports only TorchX: TorchX 0.7 loads a component file by path without its package, so it must
+not import crossrank's own modules. The jobs themselves run ``python -m pipeline.cli`` inside the image
+(or the current directory for ``local_cwd``).
+
+Examples::
+
+    torchx run -s local_cwd torchx_components/crossrank.py:train --config configs/demo.yaml -j 1x2
+    torchx run -s kubernetes -cfg queue=default,namespace=ml \\
+        torchx_components/crossrank.py:train --image registry.example.com/crossrank:0.1 \\
+        --config configs/ml1m.yaml -j 2x8 --gpu 8 -- train.epochs=4
+"""
+
+# TorchX builds the CLI from these annotations: keep typing.Optional/Dict/List, which 0.7 understands.
+from typing import Dict, List, Optional, Tuple
+
+from torchx import specs
+from torchx.components import dist
+
+DEFAULT_IMAGE = "crossrank:latest"
+
+
+def _set_args(overrides: Tuple[str, ...]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def train(
+    *overrides: str,
+    config: str = "configs/demo.yaml",
+    j: str = "1x2",
+    image: str = DEFAULT_IMAGE,
+    name: str = "crossrank-train",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Train the crossrank ranker: shards its tables over all ``-j`` processes (TorchRec planner,
+    DistributedModelParallel), validates each epoch and writes metrics.json to the config's run_dir.
+
+    Args:
+        overrides: config overrides ``SECTION.KEY=VALUE`` (after ``--``), e.g. ``train.epochs=3``
+        config: job config YAML (data, model, train, run_dir), a path inside the image / working directory
+        j: {nnodes}x{nproc_per_node}, e.g. 1x2 locally, 4x8 on a GPU cluster
+        image: container image (ignored by local_cwd, which runs in the current directory)
+        name: job name
+        cpu: CPUs per node
+        gpu: GPUs per node (processes use cuda + nccl when present, else cpu + gloo)
+        memMB: memory per node in MB
+        h: a named resource (overrides cpu/gpu/memMB), e.g. aws_p4d.24xlarge
+        env: extra environment variables
+        max_retries: restarts allowed on failure
+        rdzv_port: rank 0's rendezvous port (multi-node)
+        mounts: volume mounts, e.g. type=bind,src=/data,dst=/data
+    """
+    return dist.ddp(
+        "train",
+        "--config",
+        config,
+        *_set_args(overrides),
+        m="pipeline.cli",
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=j,
+        env=env,
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
+        mounts=mounts,
+    )
