@@ -12,7 +12,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.spec import FeatureSpec
-from models.sequence import build_sequence_encoder, segment_ids
+from models.attention import TargetAttention, segment_ids
+from models.elastic import ElasticConfig
+from models.sequence import build_sequence_encoder
 
 
 @dataclass
@@ -22,12 +24,15 @@ class RankerConfig:
     Args:
         dense_arch_layer_sizes: hidden sizes of the dense MLP; a last layer of size D is appended.
         over_arch_layer_sizes: sizes of the over arch MLP; must end with 1 (the logit).
-        sequence_encoder: name of the per-domain history encoder (``models.sequence.SEQUENCE_ENCODERS``).
+        sequence_encoder: the per-domain history encoder: ``elastic`` (default), ``self_attention``, ``din``
+            or ``mean`` (``models.sequence.SEQUENCE_ENCODERS``).
+        encoder: the encoders' hyper-parameters (slots, heads, layers, memory bank).
     """
 
     dense_arch_layer_sizes: list[int] = field(default_factory=lambda: [64])
     over_arch_layer_sizes: list[int] = field(default_factory=lambda: [128, 64, 1])
-    sequence_encoder: str = "mean"
+    sequence_encoder: str = "elastic"
+    encoder: ElasticConfig = field(default_factory=ElasticConfig)
 
 
 class CrossDomainRanker(nn.Module):
@@ -36,8 +41,8 @@ class CrossDomainRanker(nn.Module):
     Pooled features go through an ``EmbeddingBagCollection`` (TorchRec ``SparseArch``) -> [B, F, D]. Each
     domain's history and the candidate share that domain's item table in one ``EmbeddingCollection``:
     the history is jagged [sum L_d, D], the candidate slot has length 1 in its own domain and 0 in the
-    others. A sequence encoder per domain turns the jagged history into [B, K, D] interests, read out to
-    one vector per domain (the mean over slots). ``InteractionArch`` dots
+    others. A sequence encoder per domain turns the jagged history into [B, K, D] interests; target
+    attention from the candidate reads them out to one vector per domain. ``InteractionArch`` dots
     [dense, F pooled, candidate, N domain vectors] pairwise and ``OverArch`` maps the result to a logit.
 
     Args:
@@ -65,8 +70,12 @@ class CrossDomainRanker(nn.Module):
         n_dense = max(1, len(spec.dense_features))
         self.dense_arch = DenseArch(n_dense, [*config.dense_arch_layer_sizes, dim])
         self.sequence_encoders = nn.ModuleDict(
-            {d: build_sequence_encoder(config.sequence_encoder, dim) for d in self.domains}
+            {
+                d: build_sequence_encoder(config.sequence_encoder, dim, config.encoder, d, device)
+                for d in self.domains
+            }
         )
+        self.readouts = nn.ModuleDict({d: TargetAttention(dim) for d in self.domains})
         num_sparse = self.sparse_arch.F + 1 + len(self.domains)
         self.interaction = InteractionArch(num_sparse_features=num_sparse)
         n_inter = dim + (num_sparse + 1) * num_sparse // 2
@@ -88,15 +97,14 @@ class CrossDomainRanker(nn.Module):
         jagged = self.embedding_collection(sequences)
         batch, dim = pooled_emb.shape[0], pooled_emb.shape[2]
         candidate = pooled_emb.new_zeros(batch, dim)
-        per_domain = []
-        for domain, hist_key, cand_key in zip(
-            self.domains, self.history_keys, self.candidate_keys, strict=True
-        ):
+        for cand_key in self.candidate_keys:  # length 1 in the row's own domain, 0 elsewhere
             cand = jagged[cand_key]
             candidate = candidate.index_add(0, segment_ids(cand.lengths()), cand.values())
+        per_domain = []
+        for domain, hist_key in zip(self.domains, self.history_keys, strict=True):
             hist = jagged[hist_key]
-            interests = self.sequence_encoders[domain](hist.values(), hist.lengths())  # [B, K, D]
-            per_domain.append(interests.mean(dim=1))
+            interests = self.sequence_encoders[domain](hist.values(), hist.lengths(), candidate)  # [B, K, D]
+            per_domain.append(self.readouts[domain](candidate, interests))
         sparse = torch.cat([pooled_emb, candidate.unsqueeze(1), torch.stack(per_domain, dim=1)], dim=1)
         return self.over_arch(self.interaction(self.dense_arch(dense), sparse)).squeeze(-1)
 

@@ -1,7 +1,8 @@
-"""Sequence encoders: a domain's jagged behaviour history -> K interest vectors [B, K, D].
+"""Sequence encoders by name: a domain's jagged history -> K interest vectors [B, K, D].
 
-Every encoder takes the history embeddings as jagged values (no padding to the longest history) and returns
-a fixed number of interests per user, so the ranker is indifferent to which one it gets.
+Every encoder takes the history embeddings as jagged values (no padding to the longest history unless it
+is the quadratic reference), the lengths and the candidate embedding, and returns a fixed number of
+interests per user, so the ranker is indifferent to which one it gets.
 """
 
 from __future__ import annotations
@@ -9,48 +10,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.baselines import DinEncoder, MeanSequenceEncoder, SelfAttentionEncoder
+from models.elastic import ElasticConfig, ElasticEncoder
 
-def segment_ids(lengths: torch.Tensor) -> torch.Tensor:
-    """Row index of every jagged value: [sum L] int64 (e.g. lengths [2, 0, 1] -> [0, 0, 2])."""
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.long())
-
-
-class MeanSequenceEncoder(nn.Module):
-    """The mean of a user's history embeddings; a learned vector for users with no history in the domain.
-
-    Args:
-        embedding_dim: D.
-
-    Shapes:
-        values: [sum L, D] history embeddings, row-major by user; lengths: [B].
-        returns: [B, 1, D] (K = 1).
-
-    Example::
-
-        enc = MeanSequenceEncoder(embedding_dim=8)
-        interests = enc(torch.rand(5, 8), torch.tensor([2, 0, 3]))  # [3, 1, 8]; row 1 = enc.empty
-    """
-
-    num_slots: int = 1
-
-    def __init__(self, embedding_dim: int) -> None:
-        super().__init__()
-        # Not zeros: an empty history must still be distinguishable from a history that averages to ~0.
-        self.empty = nn.Parameter(torch.randn(embedding_dim) * 0.01)
-
-    def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        batch, dim = lengths.numel(), values.shape[-1]
-        sums = values.new_zeros(batch, dim).index_add(0, segment_ids(lengths), values)
-        mean = sums / lengths.clamp(min=1).unsqueeze(1).to(values.dtype)
-        out = torch.where((lengths > 0).unsqueeze(1), mean, self.empty.expand(batch, dim))
-        return out.unsqueeze(1)
+SEQUENCE_ENCODERS: tuple[str, ...] = ("elastic", "self_attention", "din", "mean")
 
 
-SEQUENCE_ENCODERS: dict[str, type[nn.Module]] = {"mean": MeanSequenceEncoder}
-
-
-def build_sequence_encoder(name: str, embedding_dim: int) -> nn.Module:
-    """The encoder named by ``model.sequence_encoder`` in the config."""
-    if name not in SEQUENCE_ENCODERS:
-        raise ValueError(f"unknown sequence_encoder {name!r}; known: {sorted(SEQUENCE_ENCODERS)}")
-    return SEQUENCE_ENCODERS[name](embedding_dim)
+def build_sequence_encoder(
+    name: str, dim: int, config: ElasticConfig, domain: str, device: torch.device | None = None
+) -> nn.Module:
+    """The encoder named by ``model.sequence_encoder`` for one domain (``device`` places its tables)."""
+    if name == "elastic":
+        return ElasticEncoder(dim, config, name=domain, device=device)
+    if name == "self_attention":
+        return SelfAttentionEncoder(dim, config)
+    if name == "din":
+        return DinEncoder(dim, config)
+    if name == "mean":
+        return MeanSequenceEncoder(dim)
+    raise ValueError(f"unknown sequence_encoder {name!r}; known: {list(SEQUENCE_ENCODERS)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -100,7 +101,14 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         raise InputError(
             f"unknown key(s) {sorted(unknown)} in section '{where}'.", fix=f"allowed keys: {sorted(hints)}."
         )
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+    return cls(
+        **{
+            k: _section(hints[k], v, f"{where}.{k}")
+            if dataclasses.is_dataclass(hints[k])
+            else _coerce(v, hints[k], f"{where}.{k}")
+            for k, v in raw.items()
+        }
+    )
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
@@ -127,13 +135,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     for item in overrides or []:
         key, sep, value = item.partition("=")
         parts = key.split(".")
-        if not sep or len(parts) > 2:
+        if not sep or not all(parts):
             raise InputError(f"override {item!r} is not SECTION.KEY=VALUE.", fix="e.g. --set train.epochs=2.")
-        target = raw.setdefault(parts[0], {}) if len(parts) == 2 else raw
-        if not isinstance(target, dict):
-            raise InputError(
-                f"override {item!r}: '{parts[0]}' is not a section.", where=where, fix="check the key."
-            )
+        target = raw
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise InputError(
+                    f"override {item!r}: '{part}' is not a section.", where=where, fix="check the key."
+                )
         target[parts[-1]] = value
     unknown = set(raw) - {"data", "model", "train", "run_dir"}
     if unknown:
@@ -160,7 +170,7 @@ def _validate(cfg: JobConfig, where: str) -> None:
     if cfg.model.sequence_encoder not in SEQUENCE_ENCODERS:
         bad(
             f"model.sequence_encoder {cfg.model.sequence_encoder!r} is unknown.",
-            f"use one of {sorted(SEQUENCE_ENCODERS)}.",
+            f"use one of {list(SEQUENCE_ENCODERS)}.",
         )
     if cfg.train.sparse_optimizer not in SPARSE_OPTIMIZERS:
         bad(
@@ -178,3 +188,15 @@ def _validate(cfg: JobConfig, where: str) -> None:
             bad(f"data.{name} must be >= 1.", f"set data.{name}.")
     if cfg.train.epochs < 1:
         bad("train.epochs must be >= 1.", "set train.epochs.")
+    enc = cfg.model.encoder
+    for name in ("num_slots", "num_heads", "num_layers", "recency_buckets", "memory_topk", "ffn_mult"):
+        if getattr(enc, name) < 1:
+            bad(f"model.encoder.{name} must be >= 1.", f"set model.encoder.{name}.")
+    root = math.isqrt(enc.memory_size) if enc.memory_size >= 0 else -1
+    if enc.memory_size and (root * root != enc.memory_size or root < enc.memory_topk):
+        bad(
+            f"model.encoder.memory_size {enc.memory_size} must be 0 or a perfect square n^2 with n >= memory_topk.",
+            "e.g. 4096 (64^2), 65536 (256^2) or 1048576 (1024^2).",
+        )
+    if enc.memory_key_dim < 2 or enc.memory_key_dim % 2:
+        bad("model.encoder.memory_key_dim must be an even number >= 2.", "e.g. 32.")

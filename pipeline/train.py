@@ -20,12 +20,14 @@ from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, Tr
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from tqdm import tqdm
 
+from features.errors import InputError
 from features.spec import FeatureSpec, load_spec
 from models.ranker import CrossDomainRanker, RankerTrain
 from pipeline.config import JobConfig
@@ -43,8 +45,8 @@ SPARSE_OPTIMIZER_CLASSES: dict[str, tuple[type[torch.optim.Optimizer], dict[str,
 
 def count_parameters(model: CrossDomainRanker) -> dict[str, int]:
     """Dense and embedding parameter counts (reported separately: they scale differently)."""
-    emb_modules = (model.sparse_arch, model.embedding_collection)
-    embedding = sum(p.numel() for m in emb_modules for p in m.parameters())
+    tables = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
+    embedding = sum(p.numel() for m in tables for p in m.parameters())
     dense = sum(p.numel() for p in model.parameters()) - embedding
     return {"dense": dense, "embedding": embedding}
 
@@ -55,11 +57,18 @@ def build_sharded_model(
     """Ranker with meta-device tables -> planner (for this world size and device) -> DMP, with a fused
     in-backward sparse optimizer and an Adam dense optimizer combined into one."""
     torch.manual_seed(cfg.train.seed)
-    ranker = CrossDomainRanker(spec, cfg.model, device=torch.device("meta"))
+    try:
+        ranker = CrossDomainRanker(spec, cfg.model, device=torch.device("meta"))
+    except ValueError as e:  # hyper-parameters that do not fit the spec (e.g. D not divisible by heads)
+        raise InputError(
+            str(e), where=f"model section with spec {spec.path}", fix="adjust model.encoder."
+        ) from None
     params = count_parameters(ranker)
     model = RankerTrain(ranker)
     opt_cls, opt_kwargs = SPARSE_OPTIMIZER_CLASSES[cfg.train.sparse_optimizer]
-    sparse_params = [*ranker.sparse_arch.parameters(), *ranker.embedding_collection.parameters()]
+    # Every TorchRec table (features and interest memories) gets the fused sparse optimizer.
+    tables = [m for m in ranker.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
+    sparse_params = [p for m in tables for p in m.parameters()]
     apply_optimizer_in_backward(opt_cls, sparse_params, {"lr": cfg.train.sparse_lr, **opt_kwargs})
 
     planner = EmbeddingShardingPlanner(

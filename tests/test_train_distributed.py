@@ -84,8 +84,8 @@ def test_two_process_training_learns(two_process_run) -> None:  # type: ignore[n
     n_test = sum(u.num_rows for u in ParquetBatchReader(load_spec(SPEC), data / "test", 1).units)
     assert r0.test["rows"] == n_test  # padding rows excluded, no row lost or doubled
     assert not math.isnan(r0.test["auc/A"]) and not math.isnan(r0.test["auc/B"])
-    # The plan shards tables over both ranks' view of the world.
-    assert set(r0.plan) == {"user", "item_A", "item_B"}
+    # The planner placed every table, the ELASTIC interest memories included (DMP shards them like features).
+    assert set(r0.plan) == {"user", "item_A", "item_B", "interest_memory_A", "interest_memory_B"}
 
 
 def test_two_process_run_writes_metrics(two_process_run) -> None:  # type: ignore[no-untyped-def]
@@ -93,7 +93,7 @@ def test_two_process_run_writes_metrics(two_process_run) -> None:  # type: ignor
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and len(metrics["valid"]) == 3
     assert {"auc", "ne", "logloss", "auc/A", "auc/B"} <= set(metrics["test"])
-    assert metrics["params"]["embedding"] == (4096 + 2 * 1025) * 32
+    assert metrics["params"]["embedding"] == (4096 + 2 * 1025 + 2 * 4096) * 32  # features + 2 memories
     assert (run_dir / "config.yaml").is_file()
 
 

@@ -1,0 +1,139 @@
+"""Baseline sequence encoders with the ELASTIC interface (values [sum L, D], lengths [B], candidate [B, D]
+-> [B, K, D]): the quadratic self-attention reference, DIN-style target attention, and the jagged mean."""
+
+from __future__ import annotations
+
+import math
+
+import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+import torch
+from torch import nn
+
+from models.attention import TargetAttention, complete_offsets, recency_buckets, segment_ids
+from models.elastic import ElasticConfig, LinearDispatcher
+
+
+class SelfAttentionEncoder(nn.Module):
+    """Full softmax multi-head self-attention over the padded history (key padding mask), pre-LayerNorm
+    with FFN, then the same slot readout as ELASTIC. O(B L_max^2 D) time and O(B H L_max^2) memory: the
+    quadratic reference ELASTIC is measured against (``benchmarks/encoder_scaling.py``).
+
+    The attention is written out (scores, mask, softmax, weighted sum) as in SASRec-style rankers, so its
+    cost is that of standard self-attention, not of a fused memory-efficient kernel.
+
+    Args:
+        dim: D. config: :class:`~models.elastic.ElasticConfig` (heads, layers, slots, recency buckets).
+
+    Shapes:
+        values [sum L, D], lengths [B] -> [B, K, D].
+
+    Example::
+
+        enc = SelfAttentionEncoder(64, ElasticConfig(num_slots=16))
+        interests = enc(torch.rand(100, 64), torch.tensor([60, 0, 40]), torch.rand(3, 64))
+    """
+
+    def __init__(self, dim: int, config: ElasticConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = config.num_heads, dim // config.num_heads
+        self.num_buckets = config.recency_buckets
+        self.recency = nn.Embedding(config.recency_buckets, dim)
+        nn.init.normal_(self.recency.weight, std=0.02)
+        self.norm1 = nn.ModuleList([nn.LayerNorm(dim) for _ in range(config.num_layers)])
+        self.qkv = nn.ModuleList([nn.Linear(dim, 3 * dim) for _ in range(config.num_layers)])
+        self.proj = nn.ModuleList([nn.Linear(dim, dim) for _ in range(config.num_layers)])
+        self.norm2 = nn.ModuleList([nn.LayerNorm(dim) for _ in range(config.num_layers)])
+        self.ffn = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Linear(dim, config.ffn_mult * dim), nn.GELU(), nn.Linear(config.ffn_mult * dim, dim)
+                )
+                for _ in range(config.num_layers)
+            ]
+        )
+        self.readout = LinearDispatcher(dim, ElasticConfig(**{**config.__dict__, "num_layers": 1}))
+
+    def attend(self, layer: int, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = (
+            self.qkv[layer](self.norm1[layer](x)).reshape(b, length, 3, self.heads, self.head_dim).unbind(2)
+        )
+        scores = torch.einsum("blhd,bmhd->bhlm", q, k) / math.sqrt(self.head_dim)  # [B, H, L, L]
+        scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+        out = torch.einsum("bhlm,bmhd->blhd", torch.softmax(scores, dim=-1), v).reshape(b, length, d)
+        x = x + self.proj[layer](out)
+        return x + self.ffn[layer](self.norm2[layer](x))
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        offsets = complete_offsets(lengths)
+        max_len = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        events = values + self.recency(recency_buckets(lengths, self.num_buckets))
+        x = torch.ops.fbgemm.jagged_to_padded_dense(events, [offsets], [max_len], 0.0)  # [B, L_max, D]
+        pad = torch.arange(max_len, device=values.device).unsqueeze(0) >= lengths.unsqueeze(1)
+        # An all-padding row would softmax over nothing (NaN); let it see its zero slot 0, and keep its
+        # result out of the readout (its jagged length is 0).
+        pad[:, 0] = False
+        for layer in range(len(self.qkv)):
+            x = self.attend(layer, x, pad)
+        attended = torch.ops.fbgemm.dense_to_jagged(x, [offsets])[0]  # back to [sum L, D]
+        return self.readout(attended, lengths)
+
+
+class DinEncoder(nn.Module):
+    """DIN-style target attention over every raw history event (linear in L): the candidate scores each
+    event with an MLP over [c, e, c*e, c-e]; softmax over the user's events; one interest (K = 1).
+
+    Args:
+        dim: D. config: :class:`~models.elastic.ElasticConfig` (recency buckets).
+
+    Example::
+
+        enc = DinEncoder(64, ElasticConfig())
+        interests = enc(torch.rand(100, 64), torch.tensor([60, 0, 40]), torch.rand(3, 64))  # [3, 1, 64]
+    """
+
+    num_slots = 1
+
+    def __init__(self, dim: int, config: ElasticConfig) -> None:
+        super().__init__()
+        self.num_buckets = config.recency_buckets
+        self.recency = nn.Embedding(config.recency_buckets, dim)
+        nn.init.normal_(self.recency.weight, std=0.02)
+        self.attention = TargetAttention(dim)
+        self.empty = nn.Parameter(torch.randn(dim) * 0.02)
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        events = values + self.recency(recency_buckets(lengths, self.num_buckets))
+        pooled = self.attention.jagged(candidate, events, lengths)
+        pooled = torch.where((lengths > 0).unsqueeze(1), pooled, self.empty.expand_as(pooled))
+        return pooled.unsqueeze(1)
+
+
+class MeanSequenceEncoder(nn.Module):
+    """The mean of a user's history embeddings; a learned vector for users with no history in the domain.
+
+    Args:
+        dim: D.
+
+    Shapes:
+        values: [sum L, D]; lengths: [B] -> [B, 1, D] (K = 1).
+
+    Example::
+
+        enc = MeanSequenceEncoder(8)
+        interests = enc(torch.rand(5, 8), torch.tensor([2, 0, 3]), torch.rand(3, 8))  # row 1 = enc.empty
+    """
+
+    num_slots = 1
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        # Not zeros: an empty history must differ from a history that averages to ~0.
+        self.empty = nn.Parameter(torch.randn(dim) * 0.01)
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        batch, dim = lengths.numel(), values.shape[-1]
+        sums = values.new_zeros(batch, dim).index_add(0, segment_ids(lengths), values)
+        mean = sums / lengths.clamp(min=1).unsqueeze(1).to(values.dtype)
+        out = torch.where((lengths > 0).unsqueeze(1), mean, self.empty.expand(batch, dim))
+        return out.unsqueeze(1)

@@ -1,0 +1,264 @@
+"""ELASTIC long-sequence compression: linear dispatcher attention from a jagged history into K interest
+slots, slot mixing, optional dispatch-back for stacked layers, and a product-key interest memory bank whose
+values live in a (shardable) TorchRec embedding table.
+
+Cost is O(sum L * K * D) in the history length (no padding, no [L, L] tensors); see SPEC §4.3 and
+``benchmarks/encoder_scaling.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from models.attention import (
+    SlotMixer,
+    complete_offsets,
+    headwise_jagged_pool,
+    jagged_softmax,
+    recency_buckets,
+)
+
+
+@dataclass
+class ElasticConfig:
+    """Hyper-parameters of the ELASTIC encoder (and of the baselines' shared parts).
+
+    Args:
+        num_slots: K interest slots.
+        num_heads: H attention heads (D must divide by H).
+        num_layers: dispatcher layers; layers after the first see events updated by dispatch-back.
+        recency_buckets: log-scale recency embedding buckets (16 covers 2^15 events).
+        memory_size: rows of the interest memory bank (a perfect square n^2; 0 disables it).
+        memory_topk: m, sub-keys kept per half and memory rows read per slot.
+        memory_key_dim: query / product-key dimension (split in two halves).
+        ffn_mult: slot FFN hidden size = ffn_mult * D.
+    """
+
+    num_slots: int = 8
+    num_heads: int = 4
+    num_layers: int = 1
+    recency_buckets: int = 16
+    memory_size: int = 4096
+    memory_topk: int = 8
+    memory_key_dim: int = 32
+    ffn_mult: int = 2
+
+
+class LinearDispatcher(nn.Module):
+    """Jagged history -> K interest slots with per-user softmax over positions (linear cost).
+
+    a_{t,k,h} = softmax_t(<W_K e_t, q_{k,h}> / sqrt(D/H)) over one user's events; I_k = sum_t a_{t,k} W_V e_t
+    (per head), then ``W_O``, then slot mixing (:class:`SlotMixer`). With ``num_layers > 1`` each layer but
+    the last dispatches the slots back to the events (e'_t = e_t + sum_k softmax_k(<W_Q' e_t, W_K' I_k>)
+    W_V' I_k) so the next layer compresses refined events. Users with no events get learned interests.
+
+    Args:
+        dim: D. config: :class:`ElasticConfig`.
+
+    Shapes:
+        values: [sum L, D] history embeddings (row-major by user, most recent last); lengths: [B].
+        returns: [B, K, D].
+
+    Example::
+
+        disp = LinearDispatcher(64, ElasticConfig(num_slots=16))
+        interests = disp(torch.rand(100, 64), torch.tensor([60, 0, 40]))  # [3, 16, 64]
+    """
+
+    def __init__(self, dim: int, config: ElasticConfig) -> None:
+        super().__init__()
+        if dim % config.num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {config.num_heads}")
+        self.dim, self.heads, self.slots = dim, config.num_heads, config.num_slots
+        self.head_dim = dim // config.num_heads
+        self.num_layers = config.num_layers
+        self.recency = nn.Embedding(config.recency_buckets, dim)
+        nn.init.normal_(self.recency.weight, std=0.02)
+        self.num_buckets = config.recency_buckets
+        self.queries = nn.ParameterList(
+            [nn.Parameter(torch.randn(config.num_slots, dim) * 0.02) for _ in range(config.num_layers)]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(config.num_layers)])
+        self.kv = nn.ModuleList([nn.Linear(dim, 2 * dim) for _ in range(config.num_layers)])
+        self.out = nn.ModuleList([nn.Linear(dim, dim) for _ in range(config.num_layers)])
+        self.mixers = nn.ModuleList(
+            [SlotMixer(dim, config.num_heads, config.ffn_mult) for _ in range(config.num_layers)]
+        )
+        # Dispatch-back (slots -> events) between layers.
+        self.back_q = nn.ModuleList([nn.Linear(dim, dim) for _ in range(config.num_layers - 1)])
+        self.back_kv = nn.ModuleList([nn.Linear(dim, 2 * dim) for _ in range(config.num_layers - 1)])
+        self.empty = nn.Parameter(torch.randn(config.num_slots, dim) * 0.02)
+
+    def dispatch(self, layer: int, events: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
+        """One layer's events [sum L, D] -> slots [B, K, D] (before mixing)."""
+        n = events.shape[0]
+        k, v = self.kv[layer](self.norms[layer](events)).chunk(2, dim=-1)
+        k = k.reshape(n, self.heads, self.head_dim)
+        v = v.reshape(n, self.heads, self.head_dim)
+        q = self.queries[layer].reshape(self.slots, self.heads, self.head_dim)
+        logits = torch.einsum("nhd,khd->nkh", k, q) / math.sqrt(self.head_dim)
+        weights = jagged_softmax(logits.reshape(n, self.slots * self.heads), offsets, max_len)
+        weights = weights.reshape(n, self.slots, self.heads)
+        return self.out[layer](headwise_jagged_pool(weights, v, offsets, max_len))
+
+    def dispatch_back(
+        self, layer: int, events: torch.Tensor, slots: torch.Tensor, offsets: torch.Tensor, max_len: int
+    ) -> torch.Tensor:
+        """e'_t = e_t + attention of each event over its own user's K slots (softmax over k), jagged."""
+        n, b = events.shape[0], slots.shape[0]
+        q = self.back_q[layer](events).reshape(n, self.heads, self.head_dim)
+        k, v = self.back_kv[layer](slots).chunk(2, dim=-1)
+        # Fold heads into segments: H * B users, each [L_b, d] @ [d, K].
+        head_offsets = torch.cat(
+            [offsets[:-1] + i * n for i in range(self.heads)] + [offsets[-1:] + (self.heads - 1) * n]
+        )
+        qh = q.permute(1, 0, 2).reshape(self.heads * n, self.head_dim)
+        kh = (
+            k.reshape(b, self.slots, self.heads, self.head_dim)
+            .permute(2, 0, 3, 1)
+            .reshape(self.heads * b, self.head_dim, self.slots)
+        )
+        vh = (
+            v.reshape(b, self.slots, self.heads, self.head_dim)
+            .permute(2, 0, 1, 3)
+            .reshape(self.heads * b, self.slots, self.head_dim)
+        )
+        att = torch.ops.fbgemm.jagged_dense_bmm(qh, head_offsets, kh, max(max_len, 1))[0] / math.sqrt(
+            self.head_dim
+        )
+        upd = torch.ops.fbgemm.jagged_dense_bmm(
+            torch.softmax(att, dim=-1), head_offsets, vh, max(max_len, 1)
+        )[0]
+        return events + upd.reshape(self.heads, n, self.head_dim).permute(1, 0, 2).reshape(n, self.dim)
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        offsets = complete_offsets(lengths)
+        max_len = int(lengths.max()) if lengths.numel() else 0
+        events = values + self.recency(recency_buckets(lengths, self.num_buckets))
+        empty = (lengths == 0).reshape(-1, 1, 1)
+        slots = events.new_zeros(lengths.numel(), self.slots, self.dim)
+        for layer in range(self.num_layers):
+            slots = self.dispatch(layer, events, offsets, max_len)
+            slots = self.mixers[layer](torch.where(empty, self.empty.unsqueeze(0), slots))
+            if layer + 1 < self.num_layers:
+                events = self.dispatch_back(layer, events, slots, offsets, max_len)
+        return slots
+
+
+class ProductKeyMemory(nn.Module):
+    """A large interest memory read sparsely with product keys (Lample et al. 2019).
+
+    The query W_q LN(I_k) is split in two halves; each half scores its n sub-keys and keeps its top m; the
+    m^2 sums of kept pairs hold the exact top m of all n^2 rows, whose values (rows of a TorchRec
+    ``EmbeddingCollection`` table, so the planner shards them like any table) are averaged with softmax
+    weights and added to the slot. The weighting is done on the looked-up rows in PyTorch so gradients
+    reach both the table rows (through TorchRec's backward) and the query and sub-keys.
+
+    Args:
+        dim: D. size: n^2 memory rows. topk: m. key_dim: query dimension. name: table name (unique per
+        model). device: where to build the value table (``meta`` before sharding).
+
+    Shapes:
+        interests: [B, K, D] -> [B, K, D].
+
+    Example::
+
+        mem = ProductKeyMemory(64, size=4096, topk=8, key_dim=32, name="memory_A")
+        out = mem(torch.rand(4, 16, 64))
+    """
+
+    def __init__(
+        self, dim: int, size: int, topk: int, key_dim: int, name: str, device: torch.device | None = None
+    ) -> None:
+        super().__init__()
+        n = math.isqrt(size)
+        if n * n != size or n < topk:
+            raise ValueError(f"memory_size must be a perfect square n^2 with n >= memory_topk, got {size}")
+        if key_dim % 2:
+            raise ValueError(f"memory_key_dim must be even, got {key_dim}")
+        self.n, self.topk, self.dim = n, topk, dim
+        self.key = f"{name}@rows"
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, key_dim)
+        self.sub_keys = nn.Parameter(torch.randn(2, n, key_dim // 2) / math.sqrt(key_dim // 2))
+        self.values = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(name=name, embedding_dim=dim, num_embeddings=size, feature_names=[self.key])
+            ],
+            device=device,
+        )
+
+    def retrieve(self, interests: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-m memory rows and their scores per slot: ([B*K, m] int64 ids, [B*K, m] scores)."""
+        m, n = self.topk, self.n
+        q = self.query(self.norm(interests)).reshape(-1, 2, self.sub_keys.shape[-1])
+        s1 = q[:, 0] @ self.sub_keys[0].t()  # [B*K, n]
+        s2 = q[:, 1] @ self.sub_keys[1].t()
+        v1, i1 = s1.topk(m, dim=-1)
+        v2, i2 = s2.topk(m, dim=-1)
+        pair = (v1.unsqueeze(2) + v2.unsqueeze(1)).reshape(-1, m * m)
+        scores, best = pair.topk(m, dim=-1)
+        ids = i1.gather(1, torch.div(best, m, rounding_mode="floor")) * n + i2.gather(1, best % m)
+        return ids, scores
+
+    def forward(self, interests: torch.Tensor) -> torch.Tensor:
+        ids, scores = self.retrieve(interests)
+        kjt = KeyedJaggedTensor(
+            keys=[self.key],
+            values=ids.reshape(-1),
+            lengths=torch.full_like(ids[:, 0], self.topk, dtype=torch.int32),
+        )
+        rows = self.values(kjt)[self.key].values().reshape(-1, self.topk, self.dim)
+        read = (torch.softmax(scores, dim=-1).unsqueeze(-1) * rows).sum(1)
+        return interests + read.reshape(interests.shape)
+
+
+class ElasticEncoder(nn.Module):
+    """The ELASTIC sequence encoder: :class:`LinearDispatcher` then (optionally) :class:`ProductKeyMemory`.
+
+    The dispatcher holds the data-dependent jagged code and no sharded module, so TorchRec's pipeline
+    tracer treats it as a leaf; the memory (which holds a sharded table) is fx-traceable.
+
+    Args:
+        dim: D. config: :class:`ElasticConfig`. name: unique prefix of the memory table. device: table device.
+
+    Shapes:
+        values [sum L, D], lengths [B], candidate [B, D] (unused) -> [B, K, D].
+
+    Example::
+
+        enc = ElasticEncoder(64, ElasticConfig(), name="A")
+        interests = enc(torch.rand(100, 64), torch.tensor([60, 0, 40]), torch.rand(3, 64))
+    """
+
+    def __init__(
+        self, dim: int, config: ElasticConfig, name: str, device: torch.device | None = None
+    ) -> None:
+        super().__init__()
+        self.num_slots = config.num_slots
+        self.dispatcher = LinearDispatcher(dim, config)
+        self.memory = (
+            ProductKeyMemory(
+                dim,
+                config.memory_size,
+                config.memory_topk,
+                config.memory_key_dim,
+                f"interest_memory_{name}",
+                device,
+            )
+            if config.memory_size
+            else None
+        )
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        interests = self.dispatcher(values, lengths)
+        if self.memory is not None:
+            interests = self.memory(interests)
+        return interests

@@ -1,0 +1,209 @@
+"""ELASTIC and the baselines against straightforward padded references (same weights)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from models.attention import TargetAttention, recency_buckets
+from models.baselines import DinEncoder, SelfAttentionEncoder
+from models.elastic import ElasticConfig, ElasticEncoder, LinearDispatcher, ProductKeyMemory
+
+D = 16
+
+
+def jagged_input(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(lengths)
+    return torch.randn(int(lens.sum()), D, generator=g), lens
+
+
+def padded(values: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L_max, D] zero-padded copy and [B, L_max] validity mask, by a per-user loop (the reference)."""
+    b, lmax = lengths.numel(), max(int(lengths.max()), 1)
+    out = values.new_zeros(b, lmax, values.shape[1])
+    mask = torch.zeros(b, lmax, dtype=torch.bool)
+    start = 0
+    for i, n in enumerate(lengths.tolist()):
+        out[i, :n] = values[start : start + n]
+        mask[i, :n] = True
+        start += n
+    return out, mask
+
+
+def reference_dispatcher(disp: LinearDispatcher, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """LinearDispatcher written the obvious way: padded events, masked softmax over positions."""
+    h, dh, k = disp.heads, disp.head_dim, disp.slots
+    x, mask = padded(values, lengths)
+    rec, _ = padded(disp.recency(recency_buckets(lengths, disp.num_buckets)), lengths)
+    x = x + rec
+    b, lmax, _ = x.shape
+    slots = None
+    for layer in range(disp.num_layers):
+        kv = disp.kv[layer](disp.norms[layer](x))
+        keys, vals = kv.chunk(2, dim=-1)
+        keys = keys.reshape(b, lmax, h, dh)
+        vals = vals.reshape(b, lmax, h, dh)
+        q = disp.queries[layer].reshape(k, h, dh)
+        logits = torch.einsum("blhd,khd->bklh", keys, q) / math.sqrt(dh)
+        logits = logits.masked_fill(~mask[:, None, :, None], float("-inf"))
+        att = torch.nan_to_num(torch.softmax(logits, dim=2))  # empty users: all -inf -> 0
+        pooled = torch.einsum("bklh,blhd->bkhd", att, vals).reshape(b, k, h * dh)
+        slots = disp.out[layer](pooled)
+        slots = torch.where((lengths == 0).reshape(-1, 1, 1), disp.empty.unsqueeze(0), slots)
+        slots = disp.mixers[layer](slots)
+        if layer + 1 < disp.num_layers:
+            q2 = disp.back_q[layer](x).reshape(b, lmax, h, dh)
+            k2, v2 = disp.back_kv[layer](slots).chunk(2, dim=-1)
+            a2 = torch.einsum("blhd,bkhd->blkh", q2, k2.reshape(b, k, h, dh)) / math.sqrt(dh)
+            upd = torch.einsum("blkh,bkhd->blhd", torch.softmax(a2, dim=2), v2.reshape(b, k, h, dh))
+            x = x + upd.reshape(b, lmax, h * dh) * mask.unsqueeze(-1)
+    return slots
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_jagged_dispatcher_equals_padded_reference(num_layers: int) -> None:
+    torch.manual_seed(0)
+    disp = LinearDispatcher(D, ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers))
+    values, lengths = jagged_input([5, 0, 1, 17, 3, 0, 1])
+    out = disp(values, lengths)
+    assert out.shape == (7, 4, D)
+    torch.testing.assert_close(out, reference_dispatcher(disp, values, lengths), atol=1e-5, rtol=1e-5)
+
+
+def test_empty_users_get_the_learned_interests_and_no_nan() -> None:
+    disp = LinearDispatcher(D, ElasticConfig(num_slots=4, num_heads=2))
+    values, lengths = jagged_input([0, 0, 2])
+    out = disp(values, lengths)
+    assert torch.isfinite(out).all()
+    expected = disp.mixers[0](disp.empty.unsqueeze(0))[0]
+    torch.testing.assert_close(out[0], expected)
+    torch.testing.assert_close(out[1], expected)
+
+
+def test_users_do_not_see_each_others_events() -> None:
+    """The jagged analogue of masking: changing one user's events changes only that user's interests."""
+    disp = LinearDispatcher(D, ElasticConfig(num_slots=4, num_heads=2, num_layers=2))
+    values, lengths = jagged_input([4, 6, 3])
+    out = disp(values, lengths)
+    changed = values.clone()
+    changed[4:10] = torch.randn(6, D) * 5
+    out2 = disp(changed, lengths)
+    torch.testing.assert_close(out[[0, 2]], out2[[0, 2]])
+    assert not torch.allclose(out[1], out2[1])
+
+
+def test_self_attention_ignores_padded_positions() -> None:
+    torch.manual_seed(0)
+    enc = SelfAttentionEncoder(D, ElasticConfig(num_slots=4, num_heads=2, num_layers=2))
+    values, lengths = jagged_input([5, 1, 9])
+    x, mask = padded(values, lengths)
+    pad = ~mask
+    pad[:, 0] = False
+    clean = enc.attend(0, x, pad)
+    garbage = x.clone()
+    garbage[~mask] = torch.randn(int((~mask).sum()), D) * 100
+    dirty = enc.attend(0, garbage, pad)
+    torch.testing.assert_close(clean[mask], dirty[mask])
+    # and the whole encoder is finite with an empty user in the batch
+    values, lengths = jagged_input([5, 0, 9])
+    assert torch.isfinite(enc(values, lengths, torch.zeros(3, D))).all()
+
+
+def test_self_attention_matches_torch_multihead_attention() -> None:
+    """The written-out quadratic attention is standard MHA (same weights, key padding mask)."""
+    torch.manual_seed(0)
+    enc = SelfAttentionEncoder(D, ElasticConfig(num_slots=4, num_heads=2))
+    values, lengths = jagged_input([5, 2, 7])
+    x, mask = padded(values, lengths)
+    mha = nn.MultiheadAttention(D, 2, batch_first=True)
+    mha.in_proj_weight.data.copy_(enc.qkv[0].weight)
+    mha.in_proj_bias.data.copy_(enc.qkv[0].bias)
+    mha.out_proj.weight.data.copy_(enc.proj[0].weight)
+    mha.out_proj.bias.data.copy_(enc.proj[0].bias)
+    h = enc.norm1[0](x)
+    attn = mha(h, h, h, key_padding_mask=~mask, need_weights=False)[0]
+    after = x + attn
+    expected = after + enc.ffn[0](enc.norm2[0](after))
+    torch.testing.assert_close(enc.attend(0, x, ~mask)[mask], expected[mask])
+
+
+def test_din_jagged_equals_padded_reference() -> None:
+    torch.manual_seed(0)
+    enc = DinEncoder(D, ElasticConfig())
+    values, lengths = jagged_input([3, 0, 1, 6])
+    cand = torch.randn(4, D)
+    out = enc(values, lengths, cand)
+    events = values + enc.recency(recency_buckets(lengths, enc.num_buckets))
+    x, mask = padded(events, lengths)
+    scores = enc.attention.score(cand.unsqueeze(1).expand_as(x), x).masked_fill(~mask, float("-inf"))
+    w = torch.nan_to_num(torch.softmax(scores, dim=1))
+    ref = (w.unsqueeze(-1) * x).sum(1)
+    ref[1] = enc.empty
+    torch.testing.assert_close(out[:, 0], ref)
+
+
+def test_target_attention_dense_and_jagged_agree() -> None:
+    ta = TargetAttention(D)
+    keys = torch.randn(3, 5, D)
+    cand = torch.randn(3, D)
+    jagged = ta.jagged(cand, keys.reshape(15, D), torch.tensor([5, 5, 5]))
+    torch.testing.assert_close(jagged, ta(cand, keys))
+
+
+@pytest.mark.parametrize(("size", "topk"), [(16, 2), (64, 3), (256, 5)])
+def test_product_keys_return_the_true_top_m(size: int, topk: int) -> None:
+    torch.manual_seed(size)
+    mem = ProductKeyMemory(D, size=size, topk=topk, key_dim=8, name="m")
+    interests = torch.randn(6, 4, D)
+    ids, scores = mem.retrieve(interests)
+    q = mem.query(mem.norm(interests)).reshape(-1, 2, 4)
+    s1 = q[:, 0] @ mem.sub_keys[0].t()
+    s2 = q[:, 1] @ mem.sub_keys[1].t()
+    full = (s1.unsqueeze(2) + s2.unsqueeze(1)).reshape(-1, size)  # row i*n + j = s1[i] + s2[j]
+    best_scores, best_ids = full.topk(topk, dim=-1)
+    torch.testing.assert_close(scores, best_scores)
+    assert torch.equal(ids.sort(dim=-1).values, best_ids.sort(dim=-1).values)
+
+
+def test_memory_read_is_the_softmax_weighted_rows_and_gradients_reach_the_table() -> None:
+    torch.manual_seed(0)
+    mem = ProductKeyMemory(D, size=4096, topk=4, key_dim=8, name="m")
+    interests = torch.randn(3, 2, D)
+    out = mem(interests)
+    ids, scores = mem.retrieve(interests)
+    table = mem.values.embeddings["m"].weight
+    expected = interests + (torch.softmax(scores, -1).unsqueeze(-1) * table[ids]).sum(1).reshape(3, 2, D)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    grad = table.grad
+    touched = torch.zeros(4096, dtype=torch.bool)
+    touched[ids.reshape(-1)] = True
+    assert grad[touched].abs().sum(-1).min() > 0  # every retrieved row learns
+    assert grad[~touched].abs().sum() == 0  # and only those
+    assert mem.sub_keys.grad is not None and mem.sub_keys.grad.abs().sum() > 0  # the keys learn too
+
+
+def test_elastic_encoder_output_shape_and_memory_sizes() -> None:
+    enc = ElasticEncoder(
+        D, ElasticConfig(num_slots=4, num_heads=2, memory_size=4096, memory_topk=4), name="A"
+    )
+    values, lengths = jagged_input([3, 0, 8])
+    out = enc(values.float(), lengths, torch.zeros(3, D))
+    assert out.shape == (3, 4, D) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="perfect square"):
+        ProductKeyMemory(D, size=1000, topk=4, key_dim=8, name="x")
+
+
+@pytest.mark.parametrize("name", ["elastic", "self_attention", "din", "mean"])
+def test_every_encoder_handles_a_batch_without_any_event(name: str) -> None:
+    """Padding batches (no events at all) happen on ranks that ran out of data."""
+    from models.sequence import build_sequence_encoder
+
+    enc = build_sequence_encoder(name, D, ElasticConfig(num_slots=4, num_heads=2, num_layers=2), "A")
+    out = enc(torch.zeros(0, D), torch.zeros(5, dtype=torch.long), torch.randn(5, D))
+    assert out.shape[0] == 5 and out.shape[2] == D and torch.isfinite(out).all()
+    out.sum().backward()
