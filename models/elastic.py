@@ -51,6 +51,17 @@ class ElasticConfig:
     ffn_mult: int = 2
 
 
+@dataclass
+class JaggedEvents:
+    """One domain's events between dispatcher layers: [sum L, D] events, [B + 1] offsets, the longest
+    history and the [B, 1, 1] mask of users without events."""
+
+    events: torch.Tensor
+    offsets: torch.Tensor
+    max_len: int
+    empty: torch.Tensor
+
+
 class LinearDispatcher(nn.Module):
     """Jagged history -> K interest slots with per-user softmax over positions (linear cost).
 
@@ -138,17 +149,31 @@ class LinearDispatcher(nn.Module):
         )[0]
         return events + upd.reshape(self.heads, n, self.head_dim).permute(1, 0, 2).reshape(n, self.dim)
 
+    def begin(self, values: torch.Tensor, lengths: torch.Tensor) -> JaggedEvents:
+        """Events with their recency embedding, and the segment bookkeeping every layer reuses."""
+        return JaggedEvents(
+            events=values + self.recency(recency_buckets(lengths, self.num_buckets)),
+            offsets=complete_offsets(lengths),
+            max_len=int(lengths.max()) if lengths.numel() else 0,
+            empty=(lengths == 0).reshape(-1, 1, 1),
+        )
+
+    def compress(self, layer: int, state: JaggedEvents) -> torch.Tensor:
+        """Layer ``layer``: events -> mixed slots [B, K, D] (learned interests for users with no events)."""
+        slots = self.dispatch(layer, state.events, state.offsets, state.max_len)
+        return self.mixers[layer](torch.where(state.empty, self.empty.unsqueeze(0), slots))
+
+    def refine(self, layer: int, state: JaggedEvents, slots: torch.Tensor) -> JaggedEvents:
+        """Dispatch the slots back to the events for the next layer."""
+        events = self.dispatch_back(layer, state.events, slots, state.offsets, state.max_len)
+        return JaggedEvents(events, state.offsets, state.max_len, state.empty)
+
     def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        offsets = complete_offsets(lengths)
-        max_len = int(lengths.max()) if lengths.numel() else 0
-        events = values + self.recency(recency_buckets(lengths, self.num_buckets))
-        empty = (lengths == 0).reshape(-1, 1, 1)
-        slots = events.new_zeros(lengths.numel(), self.slots, self.dim)
-        for layer in range(self.num_layers):
-            slots = self.dispatch(layer, events, offsets, max_len)
-            slots = self.mixers[layer](torch.where(empty, self.empty.unsqueeze(0), slots))
-            if layer + 1 < self.num_layers:
-                events = self.dispatch_back(layer, events, slots, offsets, max_len)
+        state = self.begin(values, lengths)
+        slots = self.compress(0, state)
+        for layer in range(1, self.num_layers):
+            state = self.refine(layer - 1, state, slots)
+            slots = self.compress(layer, state)
         return slots
 
 
@@ -257,8 +282,9 @@ class ElasticEncoder(nn.Module):
             else None
         )
 
+    def read_memory(self, interests: torch.Tensor) -> torch.Tensor:
+        """Add the interest memory bank's read to the slots (identity without a memory)."""
+        return interests if self.memory is None else self.memory(interests)
+
     def forward(self, values: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        interests = self.dispatcher(values, lengths)
-        if self.memory is not None:
-            interests = self.memory(interests)
-        return interests
+        return self.read_memory(self.dispatcher(values, lengths))

@@ -3,6 +3,7 @@ over arch."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from features.spec import FeatureSpec
 from models.attention import TargetAttention, segment_ids
 from models.elastic import ElasticConfig
+from models.fusion import CrossDomainFusion, FusionConfig, StackedElasticFusion
 from models.sequence import build_sequence_encoder
 
 
@@ -27,12 +29,14 @@ class RankerConfig:
         sequence_encoder: the per-domain history encoder: ``elastic`` (default), ``self_attention``, ``din``
             or ``mean`` (``models.sequence.SEQUENCE_ENCODERS``).
         encoder: the encoders' hyper-parameters (slots, heads, layers, memory bank).
+        fusion: cross-domain fusion of the interests (GCA and its ablations).
     """
 
     dense_arch_layer_sizes: list[int] = field(default_factory=lambda: [64])
     over_arch_layer_sizes: list[int] = field(default_factory=lambda: [128, 64, 1])
     sequence_encoder: str = "elastic"
     encoder: ElasticConfig = field(default_factory=ElasticConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
 class CrossDomainRanker(nn.Module):
@@ -41,8 +45,9 @@ class CrossDomainRanker(nn.Module):
     Pooled features go through an ``EmbeddingBagCollection`` (TorchRec ``SparseArch``) -> [B, F, D]. Each
     domain's history and the candidate share that domain's item table in one ``EmbeddingCollection``:
     the history is jagged [sum L_d, D], the candidate slot has length 1 in its own domain and 0 in the
-    others. A sequence encoder per domain turns the jagged history into [B, K, D] interests; target
-    attention from the candidate reads them out to one vector per domain. ``InteractionArch`` dots
+    others. A sequence encoder per domain turns the jagged history into [B, K, D] interests; GCA fuses
+    each domain's interests with the others' (``fusion``); target attention from the candidate reads the
+    fused interests out to one vector per domain. ``InteractionArch`` dots
     [dense, F pooled, candidate, N domain vectors] pairwise and ``OverArch`` maps the result to a logit.
 
     Args:
@@ -54,7 +59,7 @@ class CrossDomainRanker(nn.Module):
 
         spec = load_spec("features/specs/synthetic.yaml")
         model = CrossDomainRanker(spec, RankerConfig())
-        logits = model(batch.dense, batch.pooled, batch.sequences)  # [B]
+        logits, ortho = model(batch.dense, batch.pooled, batch.sequences)  # [B], [B, N] |cos(X, X')|
     """
 
     def __init__(self, spec: FeatureSpec, config: RankerConfig, device: torch.device | None = None) -> None:
@@ -75,15 +80,35 @@ class CrossDomainRanker(nn.Module):
                 for d in self.domains
             }
         )
+        heads = config.encoder.num_heads
+        self.fusion = CrossDomainFusion(self.domains, dim, heads, config.fusion)
+        self.stacked = None
+        if config.fusion.placement == "stack" and config.encoder.num_layers > 1:
+            if config.sequence_encoder != "elastic" or config.fusion.kind not in ("gca", "cross_attention"):
+                raise ValueError(
+                    "fusion.placement 'stack' needs sequence_encoder 'elastic' and fusion gca/cross_attention"
+                )
+            inner = [
+                CrossDomainFusion(self.domains, dim, heads, config.fusion)
+                for _ in range(config.encoder.num_layers - 1)
+            ]
+            self.stacked = StackedElasticFusion(
+                [self.sequence_encoders[d].dispatcher for d in self.domains], inner
+            )
         self.readouts = nn.ModuleDict({d: TargetAttention(dim) for d in self.domains})
         num_sparse = self.sparse_arch.F + 1 + len(self.domains)
         self.interaction = InteractionArch(num_sparse_features=num_sparse)
-        n_inter = dim + (num_sparse + 1) * num_sparse // 2
-        self.over_arch = OverArch(n_inter, config.over_arch_layer_sizes)
+        self.over_in = dim + (num_sparse + 1) * num_sparse // 2
+        self.over_arch = OverArch(self.over_in, config.over_arch_layer_sizes)
+
+    @property
+    def orthogonality_directions(self) -> list[str]:
+        """Names of the columns of the ``ortho`` output, e.g. ``["A←B", "B←A"]``."""
+        return self.fusion.directions
 
     def forward(
         self, dense: torch.Tensor, pooled: KeyedJaggedTensor, sequences: KeyedJaggedTensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             dense: [B, F_dense].
@@ -91,7 +116,8 @@ class CrossDomainRanker(nn.Module):
             sequences: KJT of histories and candidate slots.
 
         Returns:
-            [B] logits.
+            [B] logits and [B, N] orthogonality |cos(X, X')| per fusion direction ([B, 0] without
+            cross-attention).
         """
         pooled_emb = self.sparse_arch(pooled)  # [B, F, D]
         jagged = self.embedding_collection(sequences)
@@ -100,22 +126,69 @@ class CrossDomainRanker(nn.Module):
         for cand_key in self.candidate_keys:  # length 1 in the row's own domain, 0 elsewhere
             cand = jagged[cand_key]
             candidate = candidate.index_add(0, segment_ids(cand.lengths()), cand.values())
-        per_domain = []
-        for domain, hist_key in zip(self.domains, self.history_keys, strict=True):
-            hist = jagged[hist_key]
-            interests = self.sequence_encoders[domain](hist.values(), hist.lengths(), candidate)  # [B, K, D]
-            per_domain.append(self.readouts[domain](candidate, interests))
+        hists = [jagged[key] for key in self.history_keys]
+        # Outputs of leaf modules are fx proxies under TorchRec's pipeline tracer: index them, never unpack.
+        if self.stacked is None:
+            interests = [
+                self.sequence_encoders[d](h.values(), h.lengths(), candidate)
+                for d, h in zip(self.domains, hists, strict=True)
+            ]
+        else:  # layer-wise cross-domain fusion, then each domain's memory bank
+            slots = self.stacked([h.values() for h in hists], [h.lengths() for h in hists])
+            interests = [self.sequence_encoders[d].read_memory(slots[i]) for i, d in enumerate(self.domains)]
+        fusion = self.fusion(interests)
+        fused, ortho = fusion[0], fusion[1]
+        per_domain = [self.readouts[d](candidate, fused[i]) for i, d in enumerate(self.domains)]
         sparse = torch.cat([pooled_emb, candidate.unsqueeze(1), torch.stack(per_domain, dim=1)], dim=1)
-        return self.over_arch(self.interaction(self.dense_arch(dense), sparse)).squeeze(-1)
+        return self.over_arch(self.interaction(self.dense_arch(dense), sparse)).squeeze(-1), ortho
+
+
+def dense_parameters(model: nn.Module) -> int:
+    """Parameters outside TorchRec's embedding collections (what the parameter-matched baseline matches)."""
+    tables = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
+    return sum(p.numel() for p in model.parameters()) - sum(p.numel() for m in tables for p in m.parameters())
+
+
+def param_matched_over_arch(spec: FeatureSpec, config: RankerConfig) -> tuple[list[int], int, int]:
+    """Over-arch sizes that give the ``none``-fusion model the dense parameter count of the GCA model.
+
+    Scales every hidden layer of the over arch by one factor (bisection). Returns (sizes, target count,
+    matched count).
+    """
+    meta = torch.device("meta")
+    gca = dataclasses.replace(
+        config, fusion=dataclasses.replace(config.fusion, kind="gca", param_matched=False)
+    )
+    target = dense_parameters(CrossDomainRanker(spec, gca, device=meta))
+    base = dataclasses.replace(
+        config, fusion=dataclasses.replace(config.fusion, kind="none", param_matched=False)
+    )
+    hidden = config.over_arch_layer_sizes[:-1]
+
+    def count(scale: float) -> tuple[list[int], int]:
+        sizes = [max(1, round(h * scale)) for h in hidden] + [1]
+        return sizes, dense_parameters(
+            CrossDomainRanker(spec, dataclasses.replace(base, over_arch_layer_sizes=sizes), device=meta)
+        )
+
+    lo, hi = 1.0, 2.0
+    while count(hi)[1] < target:
+        hi *= 2
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid)[1] < target else (lo, mid)
+    sizes, got = min((count(lo), count(hi)), key=lambda sc: abs(sc[1] - target))
+    return sizes, target, got
 
 
 class RankerTrain(nn.Module):
     """Wraps the ranker for ``TrainPipelineSparseDist``: batch in, ``(loss, (loss, logits, labels, weights,
-    domains))`` out. The loss is the weight-averaged BCE, so padding rows (weight 0) contribute nothing.
+    domains, ortho))`` out. The loss is the weight-averaged BCE, so padding rows (weight 0) contribute
+    nothing; ``ortho`` [B, N] is |cos(X, X')| per fusion direction (measured, never a loss term).
 
     Example::
 
-        loss, (_, logits, labels, weights, domains) = RankerTrain(model)(batch)
+        loss, (_, logits, labels, weights, domains, ortho) = RankerTrain(model)(batch)
     """
 
     def __init__(self, model: CrossDomainRanker) -> None:
@@ -123,7 +196,31 @@ class RankerTrain(nn.Module):
         self.model = model
 
     def forward(self, batch):  # type: ignore[no-untyped-def]  # fx tracing needs an unannotated batch
-        logits = self.model(batch.dense, batch.pooled, batch.sequences)
+        logits, ortho = self.model(batch.dense, batch.pooled, batch.sequences)
         per_row = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
         loss = (per_row * batch.weights).sum() / batch.weights.sum().clamp(min=1.0)
-        return loss, (loss.detach(), logits.detach(), batch.labels, batch.weights, batch.domains)
+        return loss, (
+            loss.detach(),
+            logits.detach(),
+            batch.labels,
+            batch.weights,
+            batch.domains,
+            ortho.detach(),
+        )
+
+
+def build_ranker(
+    spec: FeatureSpec, config: RankerConfig, device: torch.device | None = None
+) -> tuple[CrossDomainRanker, dict[str, int]]:
+    """The ranker a config asks for, resolving ``fusion.param_matched`` (the ``none`` model widened to the
+    GCA model's dense parameter count). Returns the model and its parameter report."""
+    report: dict[str, int] = {}
+    if config.fusion.param_matched:
+        if config.fusion.kind != "none":
+            raise ValueError("fusion.param_matched applies to fusion.kind 'none' (the baseline to widen)")
+        sizes, target, got = param_matched_over_arch(spec, config)
+        config = dataclasses.replace(config, over_arch_layer_sizes=sizes)
+        report = {"param_matched_target_dense": target, "param_matched_dense": got}
+    model = CrossDomainRanker(spec, config, device=device)
+    dense = dense_parameters(model)
+    return model, {"dense": dense, "embedding": sum(p.numel() for p in model.parameters()) - dense, **report}

@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from features.errors import InputError
+from models.fusion import FUSIONS, GATE_ACTS, PLACEMENTS
 from models.ranker import RankerConfig
 from models.sequence import SEQUENCE_ENCODERS
 
@@ -188,6 +189,19 @@ def _validate(cfg: JobConfig, where: str) -> None:
             bad(f"data.{name} must be >= 1.", f"set data.{name}.")
     if cfg.train.epochs < 1:
         bad("train.epochs must be >= 1.", "set train.epochs.")
+    fusion = cfg.model.fusion
+    for name, allowed in (("kind", FUSIONS), ("gate_act", GATE_ACTS), ("placement", PLACEMENTS)):
+        if getattr(fusion, name) not in allowed:
+            bad(f"model.fusion.{name} {getattr(fusion, name)!r} is unknown.", f"use one of {list(allowed)}.")
+    if fusion.param_matched and fusion.kind != "none":
+        bad("model.fusion.param_matched widens the 'none' baseline only.", "set model.fusion.kind=none.")
+    if fusion.placement == "stack" and (
+        cfg.model.sequence_encoder != "elastic" or fusion.kind not in ("gca", "cross_attention")
+    ):
+        bad(
+            "model.fusion.placement 'stack' fuses between ELASTIC layers.",
+            "use sequence_encoder elastic with gca/cross_attention.",
+        )
     enc = cfg.model.encoder
     for name in ("num_slots", "num_heads", "num_layers", "recency_buckets", "memory_topk", "ffn_mult"):
         if getattr(enc, name) < 1:

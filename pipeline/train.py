@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from features.errors import InputError
 from features.spec import FeatureSpec, load_spec
-from models.ranker import CrossDomainRanker, RankerTrain
+from models.ranker import RankerTrain, build_ranker
 from pipeline.config import JobConfig
 from pipeline.distributed import DistContext, all_gather_cat, all_reduce_max, init_distributed
 from pipeline.metrics import compute_metrics, format_metrics_table
@@ -43,27 +43,27 @@ SPARSE_OPTIMIZER_CLASSES: dict[str, tuple[type[torch.optim.Optimizer], dict[str,
 }
 
 
-def count_parameters(model: CrossDomainRanker) -> dict[str, int]:
-    """Dense and embedding parameter counts (reported separately: they scale differently)."""
-    tables = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
-    embedding = sum(p.numel() for m in tables for p in m.parameters())
-    dense = sum(p.numel() for p in model.parameters()) - embedding
-    return {"dense": dense, "embedding": embedding}
+@dataclass
+class ShardedRanker:
+    """The sharded training model and what was decided building it."""
+
+    model: DistributedModelParallel
+    optimizer: torch.optim.Optimizer
+    plan: ShardingPlan
+    params: dict[str, int]
+    directions: list[str]  # orthogonality columns of the model's ``ortho`` output
 
 
-def build_sharded_model(
-    spec: FeatureSpec, cfg: JobConfig, ctx: DistContext
-) -> tuple[DistributedModelParallel, torch.optim.Optimizer, ShardingPlan, dict[str, int]]:
+def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> ShardedRanker:
     """Ranker with meta-device tables -> planner (for this world size and device) -> DMP, with a fused
     in-backward sparse optimizer and an Adam dense optimizer combined into one."""
     torch.manual_seed(cfg.train.seed)
     try:
-        ranker = CrossDomainRanker(spec, cfg.model, device=torch.device("meta"))
+        ranker, params = build_ranker(spec, cfg.model, device=torch.device("meta"))
     except ValueError as e:  # hyper-parameters that do not fit the spec (e.g. D not divisible by heads)
         raise InputError(
             str(e), where=f"model section with spec {spec.path}", fix="adjust model.encoder."
         ) from None
-    params = count_parameters(ranker)
     model = RankerTrain(ranker)
     opt_cls, opt_kwargs = SPARSE_OPTIMIZER_CLASSES[cfg.train.sparse_optimizer]
     # Every TorchRec table (features and interest memories) gets the fused sparse optimizer.
@@ -86,7 +86,8 @@ def build_sharded_model(
         dict(in_backward_optimizer_filter(dmp.named_parameters())),
         lambda ps: torch.optim.Adam(ps, lr=cfg.train.dense_lr),
     )
-    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan, params
+    optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
+    return ShardedRanker(dmp, optimizer, plan, params, ranker.orthogonality_directions)
 
 
 def describe_plan(plan: ShardingPlan) -> dict[str, str]:
@@ -107,7 +108,11 @@ def describe_plan(plan: ShardingPlan) -> dict[str, str]:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, reader: ParquetBatchReader, spec: FeatureSpec, ctx: DistContext
+    model: torch.nn.Module,
+    reader: ParquetBatchReader,
+    spec: FeatureSpec,
+    ctx: DistContext,
+    directions: list[str],
 ) -> dict[str, float]:
     """Metrics of ``model`` on the reader's data: every rank runs the same number of (padded) batches,
     predictions are gathered and metrics computed identically on every rank."""
@@ -116,11 +121,17 @@ def evaluate(
     steps = all_reduce_max(reader.num_batches, ctx)
     outs: list[tuple[torch.Tensor, ...]] = []
     for batch in reader.batches(num_batches=steps):
-        _, (_, logits, labels, weights, domains) = model(batch.to(ctx.device))
-        outs.append((logits.float(), labels.float(), weights.float(), domains))
+        _, (_, logits, labels, weights, domains, ortho) = model(batch.to(ctx.device))
+        outs.append((logits.float(), labels.float(), weights.float(), domains, ortho.float()))
     model.train(was_training)
-    cols = [all_gather_cat(torch.cat(c), ctx).cpu() for c in zip(*outs, strict=True)]
-    return compute_metrics(*cols, domain_names=spec.domain_names)
+    logits, labels, weights, domains, ortho = (
+        all_gather_cat(torch.cat(c), ctx).cpu() for c in zip(*outs, strict=True)
+    )
+    metrics = compute_metrics(logits, labels, weights, domains, domain_names=spec.domain_names)
+    keep = weights > 0
+    for i, direction in enumerate(directions):  # mean |cos(X, X')| over real rows and slots
+        metrics[f"ortho/{direction}"] = float(ortho[keep, i].mean())
+    return metrics
 
 
 @dataclass
@@ -131,6 +142,7 @@ class TrainResult:
     test: dict[str, float] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
     loss_curve: list[float] = field(default_factory=list)
+    ortho_curve: list[float] = field(default_factory=list)
     steps: int = 0
     wall_s: float = 0.0
     samples_per_s: float = 0.0
@@ -167,8 +179,9 @@ def train(cfg: JobConfig) -> TrainResult:
     valid_reader = reader(cfg.data.valid, cfg.data.eval_batch_size, False) if cfg.data.valid else None
     test_reader = reader(cfg.data.test, cfg.data.eval_batch_size, False) if cfg.data.test else None
 
-    model, optimizer, plan, params = build_sharded_model(spec, cfg, ctx)
-    result = TrainResult(params=params, world_size=ctx.world_size, plan=describe_plan(plan))
+    built = build_sharded_model(spec, cfg, ctx)
+    model, params = built.model, built.params
+    result = TrainResult(params=params, world_size=ctx.world_size, plan=describe_plan(built.plan))
     if ctx.is_main:
         print(
             f"crossrank train: {ctx.world_size} process(es) on {ctx.device} ({ctx.backend}); parameters {params}"
@@ -176,7 +189,7 @@ def train(cfg: JobConfig) -> TrainResult:
         for table, where in result.plan.items():
             print(f"  table {table}: {where}")
 
-    pipeline = TrainPipelineSparseDist(model, optimizer, ctx.device)
+    pipeline = TrainPipelineSparseDist(model, built.optimizer, ctx.device)
     window: list[float] = []
     start = time.perf_counter()
     for epoch in range(cfg.train.epochs):
@@ -188,26 +201,32 @@ def train(cfg: JobConfig) -> TrainResult:
         t_epoch = time.perf_counter()
         model.train()
         for step in range(steps):
-            loss, *_ = pipeline.progress(batches)
+            loss, _, _, weights, _, ortho = pipeline.progress(batches)
             window.append(float(loss))  # this rank's loss: enough for progress, no extra collective
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                 result.loss_curve.append(sum(window) / len(window))
                 window.clear()
                 rate = (step + 1) * cfg.data.batch_size * ctx.world_size / (time.perf_counter() - t_epoch)
-                bar.set_postfix(loss=f"{result.loss_curve[-1]:.4f}", samples_per_s=f"{rate:,.0f}")
+                postfix = {"loss": f"{result.loss_curve[-1]:.4f}", "samples_per_s": f"{rate:,.0f}"}
+                if ortho.shape[1] and bool((weights > 0).any()):  # |cos(X, X')| of this batch, all directions
+                    result.ortho_curve.append(float(ortho[weights > 0].mean()))
+                    postfix["ortho"] = f"{result.ortho_curve[-1]:.3f}"
+                bar.set_postfix(postfix)
             bar.update(1)
         bar.close()
         result.steps += steps
         pipeline.detach()  # hand the model back un-pipelined for evaluation
         if valid_reader is not None:
-            result.valid.append({"epoch": epoch, **evaluate(model, valid_reader, spec, ctx)})
+            result.valid.append(
+                {"epoch": epoch, **evaluate(model, valid_reader, spec, ctx, built.directions)}
+            )
             if ctx.is_main:
                 v = result.valid[-1]
                 print(f"epoch {epoch}: valid auc {v['auc']:.4f} ne {v['ne']:.4f} logloss {v['logloss']:.4f}")
     result.wall_s = time.perf_counter() - start
     result.samples_per_s = result.steps * cfg.data.batch_size * ctx.world_size / max(result.wall_s, 1e-9)
     if test_reader is not None:
-        result.test = evaluate(model, test_reader, spec, ctx)
+        result.test = evaluate(model, test_reader, spec, ctx, built.directions)
     result.reader = {"oov": train_reader.stats.oov, "dense_filled": train_reader.stats.dense_filled}
 
     if ctx.is_main:

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from features.spec import load_spec
+from models.attention import segment_ids
+from models.baselines import MeanSequenceEncoder
+from models.elastic import ElasticConfig
 from models.ranker import CrossDomainRanker, RankerConfig, RankerTrain
-from models.sequence import MeanSequenceEncoder, build_sequence_encoder, segment_ids
+from models.sequence import build_sequence_encoder
 from pipeline.reader import ParquetBatchReader
 
 SPEC = Path(__file__).resolve().parents[1] / "features" / "specs" / "synthetic.yaml"
@@ -24,7 +27,7 @@ def test_mean_encoder_matches_padded_reference_and_handles_empty() -> None:
     enc = MeanSequenceEncoder(6)
     lengths = torch.tensor([3, 0, 1, 5, 0])
     values = torch.randn(int(lengths.sum()), 6)
-    out = enc(values, lengths)
+    out = enc(values, lengths, torch.zeros(5, 6))
     assert out.shape == (5, 1, 6)
     start = 0
     for i, n in enumerate(lengths.tolist()):
@@ -35,16 +38,16 @@ def test_mean_encoder_matches_padded_reference_and_handles_empty() -> None:
 
 def test_mean_encoder_gradient_reaches_empty_vector_only_for_empty_rows() -> None:
     enc = MeanSequenceEncoder(4)
-    enc(torch.randn(3, 4), torch.tensor([3])).sum().backward()
+    enc(torch.randn(3, 4), torch.tensor([3]), torch.zeros(1, 4)).sum().backward()
     assert enc.empty.grad is not None and enc.empty.grad.abs().sum() == 0
     enc.zero_grad()
-    enc(torch.randn(0, 4), torch.tensor([0])).sum().backward()
+    enc(torch.randn(0, 4), torch.tensor([0]), torch.zeros(1, 4)).sum().backward()
     assert enc.empty.grad.abs().sum() > 0
 
 
 def test_unknown_encoder_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown sequence_encoder 'nope'"):
-        build_sequence_encoder("nope", 8)
+        build_sequence_encoder("nope", 8, ElasticConfig(), "A")
 
 
 def test_ranker_forward_and_weighted_loss(small_synthetic: Path) -> None:
@@ -68,3 +71,4 @@ def test_candidate_shares_its_domains_table() -> None:
     model = CrossDomainRanker(spec, RankerConfig())
     tables = {n for n, _ in model.embedding_collection.named_parameters()}
     assert tables == {"embeddings.item_A.weight", "embeddings.item_B.weight"}
+    assert model.embedding_collection.embedding_configs()[0].feature_names == ["hist_A", "item@A"]
