@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0 fbgemm-gpu-cpu==1.8.0
 TORCHREC := torchrec==1.8.0
 DEPS := tensordict==0.15.3 torchmetrics==1.9.0 pyre-extensions==0.0.32 tqdm==4.70.1 iopath==0.1.10 \
-	torchx==0.7.0 pandas==3.1.1 pyarrow==26.0.1 numpy==2.4.6 pyyaml==6.0.3 pytest==9.2.0 ruff==0.17.6
+	torchx==0.7.0 pandas==3.1.1 pyarrow==26.0.1 numpy==2.4.6 pyyaml==6.0.3 pytest==9.2.0 ruff==0.17.6 matplotlib==3.11.2
 PIP := $(BIN)/pip install --disable-pip-version-check --no-input -q
 export PATH := $(abspath $(BIN)):$(PATH)
 

@@ -52,6 +52,16 @@ def _prepare_synthetic(args: argparse.Namespace) -> None:
     print(prepare_synthetic(Path(args.out_dir), cfg).format())
 
 
+def _prepare_ranking(args: argparse.Namespace) -> None:
+    from pipeline.ranking import prepare_ranking
+
+    print(
+        prepare_ranking(
+            Path(args.data_dir), negatives=args.negatives, users=args.users, seed=args.seed
+        ).format()
+    )
+
+
 def _features_check(args: argparse.Namespace) -> int:
     from features.check import check_data
     from features.spec import SpecError, load_spec
@@ -164,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--row-group-size", type=int, default=16384)
     syn.set_defaults(fn=_prepare_synthetic)
+
+    rk = prep_sub.add_parser(
+        "ranking",
+        help="the sampled ranking protocol: each user's held-out positive per domain vs N unseen items",
+        description="Writes DATA_DIR/ranking/: per user and domain, the latest positive test row and "
+        "--negatives items of that domain the user never rated, sharing the positive's context. Train with "
+        "data.ranking=DATA_DIR/ranking to get HR@10 and NDCG@10.",
+    )
+    rk.add_argument("data_dir", help="prepared data (train/, valid/, test/)")
+    rk.add_argument("--negatives", type=int, default=99)
+    rk.add_argument("--users", type=int, default=0, help="sample this many users (0: all)")
+    rk.add_argument("--seed", type=int, default=0)
+    rk.set_defaults(fn=_prepare_ranking)
 
     feat = sub.add_parser("features", help="feature spec tools")
     feat_sub = feat.add_subparsers(dest="action", required=True)

@@ -28,6 +28,8 @@ class DataConfig:
         batch_size: rows per batch per rank.
         eval_batch_size: rows per batch per rank in evaluation.
         shuffle_units: row groups mixed together when shuffling training rows.
+        ranking: the sampled ranking protocol's data (``crossrank prepare ranking``), for HR@10 / NDCG@10.
+        ranking_group_size: rows per ranking group (1 positive + negatives).
     """
 
     spec: str = "features/specs/synthetic.yaml"
@@ -37,6 +39,8 @@ class DataConfig:
     batch_size: int = 512
     eval_batch_size: int = 2048
     shuffle_units: int = 4
+    ranking: str = ""
+    ranking_group_size: int = 100
 
 
 @dataclass

@@ -33,6 +33,7 @@ from models.ranker import RankerTrain, build_ranker
 from pipeline.config import JobConfig
 from pipeline.distributed import DistContext, all_gather_cat, all_reduce_max, init_distributed
 from pipeline.metrics import compute_metrics, format_metrics_table
+from pipeline.ranking import ranking_metrics
 from pipeline.reader import ParquetBatchReader
 
 SPARSE_OPTIMIZER_CLASSES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
@@ -107,6 +108,25 @@ def describe_plan(plan: ShardingPlan) -> dict[str, str]:
 
 
 @torch.no_grad()
+def predict(model: torch.nn.Module, reader: ParquetBatchReader, ctx: DistContext) -> dict[str, torch.Tensor]:
+    """Every rank runs the same number of (padded) batches; predictions of all ranks are gathered on every
+    rank: ``logits, labels, weights, domains, ortho, row_ids``."""
+    was_training = model.training
+    model.eval()
+    steps = all_reduce_max(reader.num_batches, ctx)
+    outs: list[tuple[torch.Tensor, ...]] = []
+    for batch in reader.batches(num_batches=steps):
+        batch = batch.to(ctx.device)
+        _, (_, logits, labels, weights, domains, ortho) = model(batch)
+        outs.append((logits.float(), labels.float(), weights.float(), domains, ortho.float(), batch.row_ids))
+    model.train(was_training)
+    names = ("logits", "labels", "weights", "domains", "ortho", "row_ids")
+    return {
+        n: all_gather_cat(torch.cat(c), ctx).cpu()
+        for n, c in zip(names, zip(*outs, strict=True), strict=True)
+    }
+
+
 def evaluate(
     model: torch.nn.Module,
     reader: ParquetBatchReader,
@@ -114,24 +134,26 @@ def evaluate(
     ctx: DistContext,
     directions: list[str],
 ) -> dict[str, float]:
-    """Metrics of ``model`` on the reader's data: every rank runs the same number of (padded) batches,
-    predictions are gathered and metrics computed identically on every rank."""
-    was_training = model.training
-    model.eval()
-    steps = all_reduce_max(reader.num_batches, ctx)
-    outs: list[tuple[torch.Tensor, ...]] = []
-    for batch in reader.batches(num_batches=steps):
-        _, (_, logits, labels, weights, domains, ortho) = model(batch.to(ctx.device))
-        outs.append((logits.float(), labels.float(), weights.float(), domains, ortho.float()))
-    model.train(was_training)
-    logits, labels, weights, domains, ortho = (
-        all_gather_cat(torch.cat(c), ctx).cpu() for c in zip(*outs, strict=True)
+    """AUC, NE, log loss, calibration, per-domain AUC and mean |cos(X, X')| per fusion direction."""
+    p = predict(model, reader, ctx)
+    metrics = compute_metrics(
+        p["logits"], p["labels"], p["weights"], p["domains"], domain_names=spec.domain_names
     )
-    metrics = compute_metrics(logits, labels, weights, domains, domain_names=spec.domain_names)
-    keep = weights > 0
-    for i, direction in enumerate(directions):  # mean |cos(X, X')| over real rows and slots
-        metrics[f"ortho/{direction}"] = float(ortho[keep, i].mean())
+    keep = p["weights"] > 0
+    for i, direction in enumerate(directions):  # mean over real rows and slots
+        metrics[f"ortho/{direction}"] = float(p["ortho"][keep, i].mean())
     return metrics
+
+
+def evaluate_ranking(
+    model: torch.nn.Module, reader: ParquetBatchReader, spec: FeatureSpec, ctx: DistContext, group_size: int
+) -> dict[str, float]:
+    """HR@10 / NDCG@10 on the sampled ranking protocol (``crossrank prepare ranking``)."""
+    p = predict(model, reader, ctx)
+    keep = p["weights"] > 0
+    return ranking_metrics(
+        p["logits"][keep], p["row_ids"][keep], p["domains"][keep], group_size, spec.domain_names
+    )
 
 
 @dataclass
@@ -227,6 +249,9 @@ def train(cfg: JobConfig) -> TrainResult:
     result.samples_per_s = result.steps * cfg.data.batch_size * ctx.world_size / max(result.wall_s, 1e-9)
     if test_reader is not None:
         result.test = evaluate(model, test_reader, spec, ctx, built.directions)
+    if cfg.data.ranking:
+        ranking_reader = reader(cfg.data.ranking, cfg.data.eval_batch_size, False)
+        result.test.update(evaluate_ranking(model, ranking_reader, spec, ctx, cfg.data.ranking_group_size))
     result.reader = {"oov": train_reader.stats.oov, "dense_filled": train_reader.stats.dense_filled}
 
     if ctx.is_main:

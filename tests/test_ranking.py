@@ -1,0 +1,70 @@
+"""The sampled ranking protocol: group construction and HR/NDCG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import torch
+
+from pipeline.ranking import prepare_ranking, ranking_metrics
+
+
+@pytest.fixture(scope="module")
+def ranking(small_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    # A private copy: the shared fixture folder must not grow a ranking/ folder.
+    import shutil
+
+    data = tmp_path_factory.mktemp("rk") / "data"
+    shutil.copytree(small_synthetic, data)
+    prepare_ranking(data, negatives=9, seed=1)
+    return data, data / "ranking"
+
+
+def test_groups_hold_the_latest_positive_and_unseen_negatives(ranking: tuple[Path, Path]) -> None:
+    data, out = ranking
+    table = ds.dataset(out, format="parquet").to_table().to_pandas()
+    assert len(table) % 10 == 0
+    groups = table["row_id"].to_numpy() // 10
+    pos = table["row_id"].to_numpy() % 10 == 0
+    assert (table["label"].to_numpy() == pos).all()
+    files = [str(f) for s in ("train", "valid", "test") for f in (data / s).glob("*.parquet")]
+    every = ds.dataset(files, format="parquet").to_table(columns=["user_id", "item_id", "domain"]).to_pandas()
+    rated = set(zip(every.user_id, every.item_id, every.domain, strict=True))
+    test = ds.dataset(data / "test", format="parquet").to_table().to_pandas()
+    for _, rows in table.groupby(groups):
+        first = rows.iloc[0]
+        assert rows["user_id"].nunique() == 1 and rows["domain"].nunique() == 1
+        assert all(list(h) == list(first["hist_A"]) for h in rows["hist_A"])  # same context in the group
+        negatives = rows["item_id"].to_numpy()[1:]
+        assert len(set(negatives)) == 9 and first["item_id"] not in negatives
+        assert not any((first.user_id, i, first.domain) in rated for i in negatives)
+        # the positive is the user's latest positive test row in that domain
+        mine = test[(test.user_id == first.user_id) & (test.domain == first.domain) & (test.label == 1)]
+        assert first["timestamp"] == mine["timestamp"].max()
+    assert len(np.unique(groups)) == len(test[test.label == 1].groupby(["user_id", "domain"]))
+
+
+def test_hr_and_ndcg() -> None:
+    group = 10
+    scores = torch.tensor(
+        [
+            [9.0] + [0.0] * 9,  # positive on top: rank 0
+            [5.0, 6.0, 7.0] + [0.0] * 7,  # two negatives above: rank 2
+            [0.0] + [1.0] * 9,  # last: rank 9, still in the top 10
+            [1.0, 1.0] + [0.0] * 8,  # a tie counts against the model: rank 1
+        ]
+    )
+    row_ids = torch.arange(40).flip(0)  # any order
+    logits = scores.reshape(-1)[row_ids]
+    domains = torch.tensor([0, 0, 1, 1]).repeat_interleave(group)[row_ids]
+    m = ranking_metrics(logits, row_ids, domains, group, ["A", "B"], k=10)
+    assert m["hr@10"] == 1.0
+    expected = [1.0, 1 / math.log2(4), 1 / math.log2(11), 1 / math.log2(3)]
+    assert math.isclose(m["ndcg@10"], sum(expected) / 4)
+    assert math.isclose(m["ndcg@10/A"], (expected[0] + expected[1]) / 2)
+    m3 = ranking_metrics(logits, row_ids, domains, group, ["A", "B"], k=3)
+    assert m3["hr@3"] == 0.75  # rank 9 falls out of the top 3
