@@ -4,13 +4,11 @@ of every ablation config through the real training path."""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from features.spec import load_spec
 from models.fusion import (
@@ -23,6 +21,7 @@ from models.fusion import (
 from models.ranker import RankerConfig, build_ranker, dense_parameters
 from pipeline.config import load_config
 from pipeline.train import train
+from tests.conftest import launch
 
 SPEC = Path(__file__).resolve().parents[1] / "features" / "specs" / "synthetic.yaml"
 D = 16
@@ -128,19 +127,7 @@ def train_every_ablation(data: str, run_root: str) -> list[dict[str, float]]:
 
 
 def test_every_ablation_config_trains_on_two_processes(small_synthetic: Path, tmp_path: Path) -> None:
-    lc = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=2,
-        run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d",
-        rdzv_endpoint=str(tmp_path / "rdzv"),
-        rdzv_configs={"store_type": "file"},
-        start_method="spawn",
-        monitor_interval=1,
-        max_restarts=0,
-    )
-    out = elastic_launch(lc, entrypoint=train_every_ablation)(str(small_synthetic), str(tmp_path))
+    out = launch(2, tmp_path, train_every_ablation, str(small_synthetic), str(tmp_path))
     for fusion, metrics in zip(ABLATIONS, out[0], strict=True):
         assert 0.0 < metrics["auc"] < 1.0, fusion
         has_ortho = fusion["kind"] in ("gca", "cross_attention")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from pathlib import Path
 
 import pytest
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from features.spec import load_spec
 from pipeline.config import load_config
 from pipeline.reader import ParquetBatchReader
 from pipeline.train import train
+from tests.conftest import launch
 
 SPEC = Path(__file__).resolve().parents[1] / "features" / "specs" / "synthetic.yaml"
 
@@ -36,26 +35,10 @@ def job(data: Path, run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
     )
 
 
-def launch(nproc: int, tmp_path: Path, cfg):  # type: ignore[no-untyped-def]
-    lc = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d",
-        rdzv_endpoint=str(tmp_path / "rdzv"),
-        rdzv_configs={"store_type": "file"},
-        start_method="spawn",
-        monitor_interval=1,
-        max_restarts=0,
-    )
-    return elastic_launch(lc, entrypoint=train)(cfg)
-
-
 @pytest.fixture(scope="module")
 def two_process_run(small_synthetic: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("train2")
-    results = launch(2, tmp, job(small_synthetic, tmp / "run"))
+    results = launch(2, tmp, train, job(small_synthetic, tmp / "run"))
     return results, tmp / "run", small_synthetic
 
 
