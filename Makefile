@@ -30,7 +30,7 @@ $(STAMP): Makefile pyproject.toml
 # The main job end to end: embedded synthetic data -> 2-process TorchX training -> metrics vs oracle AUC.
 demo: install
 	$(BIN)/crossrank prepare synthetic data/demo --rows 200000
-	$(BIN)/torchx run -s local_cwd torchx_components/crossrank.py:train --config configs/demo.yaml -j 1x2
+	$(BIN)/torchx run -s local_cwd torchx_components/crossrank.py:train --config configs/demo.yaml -j 1x2 -- train.resume=never
 	$(BIN)/crossrank report runs/demo --oracle data/demo/oracle.json
 
 lint: install

@@ -95,7 +95,21 @@ def _train(args: argparse.Namespace) -> None:
     from pipeline.config import load_config
     from pipeline.train import train
 
-    train(load_config(args.config, args.set))
+    overrides = list(args.set) + ([f"train.resume={args.resume}"] if args.resume else [])
+    train(load_config(args.config, overrides))
+
+
+def _score(args: argparse.Namespace) -> None:
+    from pipeline.score import run_score
+
+    passthrough = [c for c in (args.passthrough or "").split(",") if c]
+    run_score(args.checkpoint, args.input, args.output, args.batch_size, passthrough)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from pipeline.score import run_evaluate
+
+    run_evaluate(args.checkpoint, args.data, args.ranking, args.batch_size)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -207,11 +221,50 @@ def build_parser() -> argparse.ArgumentParser:
         description="Shards the model with the TorchRec planner for the launcher's world size, trains with "
         "TrainPipelineSparseDist, validates each epoch and writes metrics.json to run_dir.",
     )
-    tr.add_argument("--config", required=True, help="job config YAML (data, model, train, run_dir)")
+    tr.add_argument(
+        "--config", help="job config YAML (data, model, train, run_dir); default: built-in defaults"
+    )
     tr.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value"
     )
+    tr.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="continue from this checkpoint or run folder (default: the run folder's latest complete "
+        "checkpoint, if any; 'never' starts afresh)",
+    )
     tr.set_defaults(fn=_train)
+
+    sc = sub.add_parser(
+        "score",
+        help="offline batch scoring: a checkpoint and Parquet in, Parquet with row id, domain and score out",
+        description="Ranks split the input by (file, row group); each unit's scores are written atomically "
+        "to OUTPUT/part-NNNNN.parquet and recorded in OUTPUT/_manifest, so a restarted job skips finished "
+        "units and every input row gets exactly one output row. Runs on any number of processes, whatever "
+        "the world size the checkpoint was written with.",
+    )
+    sc.add_argument(
+        "--checkpoint", required=True, help="a checkpoints/step-N folder, or a run folder (its latest)"
+    )
+    sc.add_argument("--input", required=True, help="Parquet file or folder (no label needed)")
+    sc.add_argument("--output", required=True, help="output folder")
+    sc.add_argument("--batch-size", type=int, default=4096)
+    sc.add_argument("--passthrough", help="comma-separated input columns copied to the output")
+    sc.set_defaults(fn=_score)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="the metrics table of a checkpoint on labeled data, without training",
+        description="AUC, NE, log loss, calibration, per-domain AUC, |cos| per fusion direction and, with "
+        "--ranking, HR@10 / NDCG@10 of the sampled ranking protocol.",
+    )
+    ev.add_argument(
+        "--checkpoint", required=True, help="a checkpoints/step-N folder, or a run folder (its latest)"
+    )
+    ev.add_argument("--data", required=True, help="labeled Parquet file or folder")
+    ev.add_argument("--ranking", help="ranking protocol data (crossrank prepare ranking)")
+    ev.add_argument("--batch-size", type=int, default=4096)
+    ev.set_defaults(fn=_evaluate)
 
     rep = sub.add_parser(
         "report", help="print a finished run's metrics table (optionally beside an oracle AUC)"

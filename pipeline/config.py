@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class TrainConfig:
         sparse_lr / dense_lr: learning rates (dense: Adam).
         seed: seeds weights and shuffling.
         log_every: progress bar update interval in steps.
+        checkpoint_every: write a checkpoint every N steps (0: only at the end); always one at the end.
+        keep_checkpoints: complete checkpoints kept in ``run_dir/checkpoints``.
+        resume: ``auto`` (continue from the run folder's latest complete checkpoint if there is one),
+            ``never``, or the path of a checkpoint / run folder to continue from.
     """
 
     epochs: int = 1
@@ -63,6 +68,9 @@ class TrainConfig:
     dense_lr: float = 1e-3
     seed: int = 0
     log_every: int = 20
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
+    resume: str = "auto"
 
 
 @dataclass
@@ -137,6 +145,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise InputError(f"not valid YAML ({e}).", where=where, fix="fix the YAML syntax.") from None
         if not isinstance(raw, dict):
             raise InputError("a config must be a YAML mapping.", where=where, fix="see configs/demo.yaml.")
+    return config_from_dict(raw, where, overrides)
+
+
+def config_from_dict(raw: dict[str, Any], where: str, overrides: list[str] | None = None) -> JobConfig:
+    """A validated :class:`JobConfig` from its dict form (e.g. the one saved in a checkpoint)."""
+    raw = copy.deepcopy(raw)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         parts = key.split(".")

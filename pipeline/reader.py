@@ -416,28 +416,34 @@ class ParquetBatchReader:
             block = Block.concat([self._read(u) for u in units[start : start + window]])
             yield block.take(rng.permutation(len(block))) if self.shuffle else block
 
-    def batches(self, epoch: int = 0, num_batches: int | None = None) -> Iterator[Batch]:
-        """Exactly ``num_batches`` batches (default: this rank's own count); past the data, empty batches."""
-        total = self.num_batches if num_batches is None else num_batches
-        pooled, seq = self.spec.pooled_keys, self.spec.sequence_keys
-        emitted = 0
+    def row_slices(self, epoch: int = 0) -> Iterator[Block]:
+        """This rank's rows cut into blocks of ``batch_size`` rows (the last one shorter), in batch order."""
         carry: Block | None = None
         for block in self.blocks(epoch):
             if carry is not None:
                 block = Block.concat([carry, block])
             full = len(block) // self.batch_size * self.batch_size
             for start in range(0, full, self.batch_size):
-                if emitted == total:
-                    return
-                yield block.slice(start, start + self.batch_size).to_batch(pooled, seq, self.batch_size)
-                emitted += 1
+                yield block.slice(start, start + self.batch_size)
             carry = block.slice(full, len(block)) if full < len(block) else None
-        if carry is not None and emitted < total:
-            yield carry.to_batch(pooled, seq, self.batch_size)
+        if carry is not None:
+            yield carry
+
+    def batches(self, epoch: int = 0, num_batches: int | None = None, skip: int = 0) -> Iterator[Batch]:
+        """Exactly ``num_batches - skip`` batches: this epoch's batches ``skip..num_batches-1`` (default count:
+        this rank's own); past the data, empty batches. ``skip`` resumes an epoch mid-way: the skipped
+        batches are cut the same way (so the rest are identical) but never converted to tensors."""
+        total = self.num_batches if num_batches is None else num_batches
+        pooled, seq = self.spec.pooled_keys, self.spec.sequence_keys
+        emitted = 0
+        for rows in self.row_slices(epoch):
+            if emitted == total:
+                return
+            if emitted >= skip:
+                yield rows.to_batch(pooled, seq, self.batch_size)
             emitted += 1
-        n_dense = max(1, len(self.spec.dense_features))
+        empty = Block.empty(0, max(1, len(self.spec.dense_features)), [*seq, *pooled])
         while emitted < total:
-            yield Block.empty(0, n_dense, list(self.spec.sequence_keys + pooled)).to_batch(
-                pooled, seq, self.batch_size
-            )
+            if emitted >= skip:
+                yield empty.to_batch(pooled, seq, self.batch_size)
             emitted += 1

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from features.errors import InputError
 from features.spec import FeatureSpec, load_spec
 from models.ranker import RankerTrain, build_ranker
+from pipeline.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from pipeline.config import JobConfig
 from pipeline.distributed import DistContext, all_gather_cat, all_reduce_max, init_distributed
 from pipeline.metrics import compute_metrics, format_metrics_table
@@ -165,6 +166,8 @@ class TrainResult:
     params: dict[str, int] = field(default_factory=dict)
     loss_curve: list[float] = field(default_factory=list)
     ortho_curve: list[float] = field(default_factory=list)
+    checkpoint_save_s: list[float] = field(default_factory=list)
+    checkpoint_load_s: float = 0.0
     steps: int = 0
     wall_s: float = 0.0
     samples_per_s: float = 0.0
@@ -177,6 +180,15 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=float))
     os.replace(tmp, path)
+
+
+def _resume_source(cfg: JobConfig) -> Path | None:
+    """The checkpoint to continue from: ``train.resume`` = auto (the run's latest, if any) | never | a path."""
+    if cfg.train.resume == "never":
+        return None
+    if cfg.train.resume == "auto":
+        return latest_checkpoint(cfg.run_dir)
+    return resolve_checkpoint(cfg.train.resume)
 
 
 def train(cfg: JobConfig) -> TrainResult:
@@ -211,32 +223,85 @@ def train(cfg: JobConfig) -> TrainResult:
         for table, where in result.plan.items():
             print(f"  table {table}: {where}")
 
-    pipeline = TrainPipelineSparseDist(model, built.optimizer, ctx.device)
+    start_epoch, start_step, prior_wall = 0, 0, 0.0
     window: list[float] = []
+    resume_from = _resume_source(cfg)
+    if resume_from is not None:
+        t_load = time.perf_counter()
+        meta = load_checkpoint(resume_from, model, built.optimizer, ctx)
+        result.checkpoint_load_s = time.perf_counter() - t_load
+        start_epoch, start_step = meta["epoch"], meta["epoch_step"]
+        saved = meta["result"]
+        result.loss_curve, result.ortho_curve, result.valid = (
+            saved["loss_curve"],
+            saved["ortho_curve"],
+            saved["valid"],
+        )
+        result.steps, prior_wall, window = saved["steps"], saved["wall_s"], saved["window"]
+        if ctx.is_main:
+            print(
+                f"resumed from {resume_from} (epoch {start_epoch}, step {start_step} of it) in {result.checkpoint_load_s:.1f}s"
+            )
+
+    def checkpoint(epoch: int, epoch_step: int) -> None:
+        state = {
+            "epoch": epoch,
+            "epoch_step": epoch_step,
+            "config": cfg.to_dict(),
+            "result": {
+                "loss_curve": result.loss_curve,
+                "ortho_curve": result.ortho_curve,
+                "valid": result.valid,
+                "steps": result.steps,
+                "wall_s": prior_wall + time.perf_counter() - start,
+                "window": window,
+            },
+        }
+        save_checkpoint(
+            cfg.run_dir,
+            result.steps,
+            model,
+            built.optimizer,
+            state,
+            spec.path,
+            ctx,
+            cfg.train.keep_checkpoints,
+        )
+
+    pipeline = TrainPipelineSparseDist(model, built.optimizer, ctx.device)
     start = time.perf_counter()
-    for epoch in range(cfg.train.epochs):
+    for epoch in range(start_epoch, cfg.train.epochs):
         steps = all_reduce_max(train_reader.num_batches, ctx)
         if cfg.train.max_steps:
             steps = min(steps, cfg.train.max_steps)
-        batches = iter(train_reader.batches(epoch=epoch, num_batches=steps))
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not ctx.is_main, mininterval=1.0)
+        skip = start_step if epoch == start_epoch else 0
+        batches = iter(train_reader.batches(epoch=epoch, num_batches=steps, skip=skip))
+        bar = tqdm(total=steps, initial=skip, desc=f"epoch {epoch}", disable=not ctx.is_main, mininterval=1.0)
         t_epoch = time.perf_counter()
         model.train()
-        for step in range(steps):
+        for step in range(skip, steps):
             loss, _, _, weights, _, ortho = pipeline.progress(batches)
             window.append(float(loss))  # this rank's loss: enough for progress, no extra collective
+            result.steps += 1
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                 result.loss_curve.append(sum(window) / len(window))
                 window.clear()
-                rate = (step + 1) * cfg.data.batch_size * ctx.world_size / (time.perf_counter() - t_epoch)
+                rate = (
+                    (step + 1 - skip) * cfg.data.batch_size * ctx.world_size / (time.perf_counter() - t_epoch)
+                )
                 postfix = {"loss": f"{result.loss_curve[-1]:.4f}", "samples_per_s": f"{rate:,.0f}"}
                 if ortho.shape[1] and bool((weights > 0).any()):  # |cos(X, X')| of this batch, all directions
                     result.ortho_curve.append(float(ortho[weights > 0].mean()))
                     postfix["ortho"] = f"{result.ortho_curve[-1]:.3f}"
                 bar.set_postfix(postfix)
             bar.update(1)
+            if (
+                cfg.train.checkpoint_every
+                and result.steps % cfg.train.checkpoint_every == 0
+                and step + 1 < steps
+            ):
+                checkpoint(epoch, step + 1)
         bar.close()
-        result.steps += steps
         pipeline.detach()  # hand the model back un-pipelined for evaluation
         if valid_reader is not None:
             result.valid.append(
@@ -245,8 +310,9 @@ def train(cfg: JobConfig) -> TrainResult:
             if ctx.is_main:
                 v = result.valid[-1]
                 print(f"epoch {epoch}: valid auc {v['auc']:.4f} ne {v['ne']:.4f} logloss {v['logloss']:.4f}")
-    result.wall_s = time.perf_counter() - start
+    result.wall_s = prior_wall + time.perf_counter() - start
     result.samples_per_s = result.steps * cfg.data.batch_size * ctx.world_size / max(result.wall_s, 1e-9)
+    checkpoint(cfg.train.epochs, 0)
     if test_reader is not None:
         result.test = evaluate(model, test_reader, spec, ctx, built.directions)
     if cfg.data.ranking:

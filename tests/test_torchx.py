@@ -23,3 +23,21 @@ class TrainComponentTest(ComponentTestCase):
     def test_single_node_uses_a_free_port(self) -> None:
         cmd = crossrank.train(j="1x2").roles[0].args[1]
         assert "--rdzv_endpoint localhost:0" in cmd and "--set" not in cmd
+
+
+class ScoreAndEvaluateComponentTest(ComponentTestCase):
+    def test_validate(self) -> None:
+        self.validate(crossrank, "score")
+        self.validate(crossrank, "evaluate")
+
+    def test_score_command(self) -> None:
+        cmd = crossrank.score("runs/x", "in/", "out/", passthrough="user_id,label", j="2x8").roles[0].args[1]
+        assert "-m pipeline.cli score --checkpoint runs/x --input in/ --output out/ --batch-size 4096" in cmd
+        assert "--passthrough user_id,label" in cmd and "--nnodes 2" in cmd
+
+    def test_evaluate_command(self) -> None:
+        cmd = crossrank.evaluate("runs/x", "data/test", ranking="data/ranking").roles[0].args[1]
+        assert (
+            "-m pipeline.cli evaluate --checkpoint runs/x --data data/test --batch-size 4096 --ranking data/ranking"
+            in cmd
+        )

@@ -76,3 +76,127 @@ def train(
         rdzv_port=rdzv_port,
         mounts=mounts,
     )
+
+
+def score(
+    checkpoint: str,
+    input: str,
+    output: str,
+    passthrough: str = "",
+    batch_size: int = 4096,
+    j: str = "1x2",
+    image: str = DEFAULT_IMAGE,
+    name: str = "crossrank-score",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Offline batch scoring: every input row gets exactly one output row (row id, domain, score and the
+    passthrough columns), also across crashes and restarts (finished row groups are recorded and skipped).
+    Runs on any number of processes, whatever the world size the checkpoint was written with.
+
+    Args:
+        checkpoint: a checkpoints/step-N folder, or a run folder (its latest complete checkpoint)
+        input: Parquet file or folder to score (no label needed)
+        output: output folder (part-NNNNN.parquet per input row group, and _manifest/)
+        passthrough: comma-separated input columns copied to the output
+        batch_size: rows per forward pass per process
+        j: {nnodes}x{nproc_per_node}
+        image: container image (ignored by local_cwd)
+        name: job name
+        cpu: CPUs per node
+        gpu: GPUs per node
+        memMB: memory per node in MB
+        h: a named resource (overrides cpu/gpu/memMB)
+        env: extra environment variables
+        max_retries: restarts allowed on failure (a restart resumes where the last one stopped)
+        rdzv_port: rank 0's rendezvous port (multi-node)
+        mounts: volume mounts, e.g. type=bind,src=/data,dst=/data
+    """
+    args = [
+        "score",
+        "--checkpoint",
+        checkpoint,
+        "--input",
+        input,
+        "--output",
+        output,
+        "--batch-size",
+        str(batch_size),
+    ]
+    if passthrough:
+        args += ["--passthrough", passthrough]
+    return dist.ddp(
+        *args,
+        m="pipeline.cli",
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=j,
+        env=env,
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
+        mounts=mounts,
+    )
+
+
+def evaluate(
+    checkpoint: str,
+    data: str,
+    ranking: str = "",
+    batch_size: int = 4096,
+    j: str = "1x2",
+    image: str = DEFAULT_IMAGE,
+    name: str = "crossrank-evaluate",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """The metrics table of a checkpoint on labeled data, without training: AUC, NE, log loss, calibration,
+    per-domain AUC, |cos| per fusion direction and, with a ranking set, HR@10 / NDCG@10.
+
+    Args:
+        checkpoint: a checkpoints/step-N folder, or a run folder (its latest complete checkpoint)
+        data: labeled Parquet file or folder
+        ranking: ranking protocol data (crossrank prepare ranking), optional
+        batch_size: rows per forward pass per process
+        j: {nnodes}x{nproc_per_node}
+        image: container image (ignored by local_cwd)
+        name: job name
+        cpu: CPUs per node
+        gpu: GPUs per node
+        memMB: memory per node in MB
+        h: a named resource (overrides cpu/gpu/memMB)
+        env: extra environment variables
+        rdzv_port: rank 0's rendezvous port (multi-node)
+        mounts: volume mounts, e.g. type=bind,src=/data,dst=/data
+    """
+    args = ["evaluate", "--checkpoint", checkpoint, "--data", data, "--batch-size", str(batch_size)]
+    if ranking:
+        args += ["--ranking", ranking]
+    return dist.ddp(
+        *args,
+        m="pipeline.cli",
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=j,
+        env=env,
+        rdzv_port=rdzv_port,
+        mounts=mounts,
+    )
