@@ -1,7 +1,7 @@
 """Offline scoring throughput: Parquet -> Parquet (``crossrank score``'s path) vs the bare model forward on
 the same rows already built into batches in memory, on 1 and 2 ranks.
 
-    python benchmarks/score_throughput.py [--rows 200000] [--batch-size 4096]
+    python benchmarks/score_throughput.py [--rows 500000] [--batch-size 4096] [--repeats 3]
 
 Makes synthetic data and a short-trained checkpoint in a temporary folder, then, per world size, measures
 in one job: (a) the bare forward over pre-built batches, (b) the full scoring path (read row groups,
@@ -12,6 +12,7 @@ rank's wall time. Target: the I/O path keeps at least 90% of the bare forward's 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -22,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def measure(checkpoint: str, data: str, out: str, batch_size: int) -> dict[str, float]:
-    """One rank: bare forward over pre-built batches, then the scoring path; returns rows and seconds."""
+def measure(checkpoint: str, data: str, out: str, batch_size: int, repeats: int) -> dict[str, float]:
+    """One rank: bare forward over pre-built batches, then the scoring path, ``repeats`` times each
+    (alternating); returns rows and the median seconds of each."""
     import torch
 
     from pipeline.distributed import all_reduce_max, init_distributed
@@ -38,17 +40,20 @@ def measure(checkpoint: str, data: str, out: str, batch_size: int) -> dict[str, 
     batches = [b.to(ctx.device) for b in reader.batches(num_batches=steps)]  # built before the clock starts
     with torch.no_grad():
         model(batches[0])  # warm-up
+    bare_s, io_s = [], []
+    for r in range(repeats):
         torch.distributed.barrier()
         t0 = time.perf_counter()
-        for b in batches:
-            model(b)
+        with torch.no_grad():
+            for b in batches:
+                model(b)
         torch.distributed.barrier()
-        bare = time.perf_counter() - t0
-    torch.distributed.barrier()
-    t0 = time.perf_counter()
-    result = score(loaded, data, out, ctx, batch_size=batch_size)
-    torch.distributed.barrier()
-    io = time.perf_counter() - t0
+        bare_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result = score(loaded, data, f"{out}-{r}", ctx, batch_size=batch_size)
+        torch.distributed.barrier()
+        io_s.append(time.perf_counter() - t0)
+    bare, io = statistics.median(bare_s), statistics.median(io_s)
     return {"rows": reader.num_rows, "scored": result.rows, "bare_s": bare, "io_s": io}
 
 
@@ -56,8 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -105,7 +111,9 @@ def main() -> None:
     print("| ranks | rows | bare forward rows/s | Parquet -> Parquet rows/s | I/O path / bare |")
     print("| --- | --- | --- | --- | --- |")
     for nproc in (1, 2):
-        res = launch(nproc, measure, str(run_dir), data, str(work / f"out{nproc}"), args.batch_size)
+        res = launch(
+            nproc, measure, str(run_dir), data, str(work / f"out{nproc}"), args.batch_size, args.repeats
+        )
         rows = sum(r["rows"] for r in res.values())
         bare = rows / max(r["bare_s"] for r in res.values())
         io = rows / max(r["io_s"] for r in res.values())

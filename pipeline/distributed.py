@@ -42,6 +42,12 @@ def init_distributed() -> DistContext:
     else:
         device = torch.device("cpu")
         backend = "gloo"
+        if "OMP_NUM_THREADS" not in os.environ:
+            # Processes on one host share its cores. torchrun sets OMP_NUM_THREADS=1, but other launchers
+            # (the elastic launcher API) do not, and 2 ranks x all cores each, plus gloo's polling, run
+            # several times slower than ranks that split the cores.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if not dist.is_initialized():
         if "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend=backend)

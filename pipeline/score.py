@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from features.errors import InputError
 from features.spec import FeatureSpec, load_spec
+from pipeline.batch import Batch
 from pipeline.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
 from pipeline.config import JobConfig, config_from_dict
 from pipeline.distributed import DistContext, all_reduce_max, init_distributed
@@ -122,31 +124,52 @@ def score(
         mininterval=1.0,
     )
     start, rows, done = time.perf_counter(), 0, 0
-    for unit in todo:
+
+    def load(unit: Unit) -> tuple[pa.Table, list[tuple[Batch, int]]]:
+        """A unit's table and its ready batches with their real row counts."""
         table = _read_unit(unit, columns)
         block = converter.convert(table, str(unit))
-        parts = []
-        for lo in range(0, len(block), batch_size):
-            rows_here = block.slice(lo, lo + batch_size)
-            parts.append(_scores(model, rows_here.to_batch(*keys, batch_size), ctx)[: len(rows_here)])
-            done += 1
+        cuts = [block.slice(lo, lo + batch_size) for lo in range(0, len(block), batch_size)]
+        return table, [(c.to_batch(*keys, batch_size), len(c)) for c in cuts]
+
+    def commit(unit: Unit, out: pa.Table) -> None:
+        # Scores first, then the manifest entry: a crash in between only means the unit is scored again.
         name = _part_name(index[unit])
-        out = pa.table(
-            {
-                spec.row_id: table.column(spec.row_id),
-                "domain": table.column(spec.candidate.domain_column).cast(pa.string()),
-                "score": pa.array(torch.cat(parts).numpy().astype(np.float32)),
-                **{c: table.column(c) for c in passthrough},
-            }
-        )
         write_parquet_atomic(out, output / f"{name}.parquet", row_group_size=max(1, out.num_rows))
         write_json_atomic(
             {"file": str(unit.file), "row_group": unit.row_group, "rows": out.num_rows},
             manifest / f"{name}.json",
         )
-        rows += out.num_rows
-        bar.update(out.num_rows)
-        bar.set_postfix(rows_per_s=f"{rows / (time.perf_counter() - start):,.0f}")
+
+    # Overlap I/O with the forward passes: the next unit is read, converted and batched, and the previous
+    # one written, on background threads (pyarrow releases the GIL) while the model scores the current one.
+    with ThreadPoolExecutor(max_workers=1) as reader_pool, ThreadPoolExecutor(max_workers=1) as writer_pool:
+        pending = reader_pool.submit(load, todo[0]) if todo else None
+        writes = []
+        for i, unit in enumerate(todo):
+            table, batches = pending.result()  # type: ignore[union-attr]
+            pending = reader_pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
+            parts = []
+            for batch, n_real in batches:
+                parts.append(_scores(model, batch, ctx)[:n_real])
+                done += 1
+            out = pa.table(
+                {
+                    spec.row_id: table.column(spec.row_id),
+                    "domain": table.column(spec.candidate.domain_column).cast(pa.string()),
+                    "score": pa.array(torch.cat(parts).numpy().astype(np.float32)),
+                    **{c: table.column(c) for c in passthrough},
+                }
+            )
+            for w in writes:  # stop at the first failed write, as a crash would
+                if w.done():
+                    w.result()
+            writes.append(writer_pool.submit(commit, unit, out))
+            rows += out.num_rows
+            bar.update(out.num_rows)
+            bar.set_postfix(rows_per_s=f"{rows / (time.perf_counter() - start):,.0f}")
+        for w in writes:
+            w.result()  # surface write errors before reporting success
     empty = Block.empty(0, max(1, len(spec.dense_features)), [*spec.sequence_keys, *spec.pooled_keys])
     for _ in range(total - done):  # keep step with ranks that still have units
         _scores(model, empty.to_batch(*keys, batch_size), ctx)

@@ -257,7 +257,8 @@ def train(cfg: JobConfig) -> TrainResult:
                 "window": window,
             },
         }
-        save_checkpoint(
+        t_save = time.perf_counter()
+        path = save_checkpoint(
             cfg.run_dir,
             result.steps,
             model,
@@ -267,6 +268,9 @@ def train(cfg: JobConfig) -> TrainResult:
             ctx,
             cfg.train.keep_checkpoints,
         )
+        result.checkpoint_save_s.append(time.perf_counter() - t_save)
+        if ctx.is_main:
+            tqdm.write(f"checkpoint {path} written in {result.checkpoint_save_s[-1]:.1f}s")
 
     pipeline = TrainPipelineSparseDist(model, built.optimizer, ctx.device)
     start = time.perf_counter()
