@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,9 +65,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     from pipeline.config import load_config
+    from pipeline.distributed import launch_local
     from pipeline.synthetic import SyntheticConfig, prepare_synthetic
 
     work = Path(tempfile.mkdtemp(prefix="score_bench_"))
@@ -87,19 +85,7 @@ def main() -> None:
     )
 
     def launch(nproc: int, fn, *fn_args):  # type: ignore[no-untyped-def]
-        lc = LaunchConfig(
-            min_nodes=1,
-            max_nodes=1,
-            nproc_per_node=nproc,
-            run_id=str(uuid.uuid4()),
-            rdzv_backend="c10d",
-            rdzv_endpoint=str(work / f"rdzv-{uuid.uuid4().hex}"),
-            rdzv_configs={"store_type": "file"},
-            start_method="spawn",
-            monitor_interval=1,
-            max_restarts=0,
-        )
-        return elastic_launch(lc, entrypoint=fn)(*fn_args)
+        return launch_local(nproc, work, fn, *fn_args)
 
     from pipeline.train import train
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,3 +75,24 @@ def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def launch_local(nproc: int, workdir: Path, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
+    """Run ``fn(*args)`` on ``nproc`` local processes with a file rendezvous under ``workdir`` (no fixed
+    ports), as TorchRec's own multi-process tests do; returns each rank's return value. For tests and
+    benchmarks; jobs go through torchrun / TorchX."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint=str(Path(workdir) / f"rdzv-{uuid.uuid4().hex}"),
+        rdzv_configs={"store_type": "file"},
+        start_method="spawn",
+        monitor_interval=1,
+        max_restarts=0,
+    )
+    return elastic_launch(config, entrypoint=fn)(*args)

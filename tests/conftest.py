@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from pipeline.distributed import launch_local
 from pipeline.synthetic import SyntheticConfig, prepare_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,19 +29,5 @@ def synthetic_spec() -> Path:
     return REPO / "features" / "specs" / "synthetic.yaml"
 
 
-def launch(nproc: int, tmp_path: Path, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
-    """Run ``fn(*args)`` on ``nproc`` gloo processes with a file rendezvous (no fixed ports), as TorchRec's
-    own DLRM tests do; returns each rank's return value."""
-    lc = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d",
-        rdzv_endpoint=str(tmp_path / f"rdzv-{uuid.uuid4().hex}"),
-        rdzv_configs={"store_type": "file"},
-        start_method="spawn",
-        monitor_interval=1,
-        max_restarts=0,
-    )
-    return elastic_launch(lc, entrypoint=fn)(*args)
+# The local multi-process launcher the tests share (a file rendezvous, no fixed ports).
+launch = launch_local

@@ -3,6 +3,7 @@ offline scoring with exactly-once output, and no arbitrary unpickling."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -239,6 +240,34 @@ def _torchrun(run_dir: Path, data: Path) -> subprocess.Popen[str]:
     )
 
 
+def _kill_job(run_dir: Path) -> None:
+    """SIGKILL every process of the job: torchrun starts each worker in a session of its own, so killing
+    the launcher's process group would leave the workers running (and writing checkpoints)."""
+    victims = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"run_dir={run_dir}".encode() in cmdline.read_bytes():
+                victims.append(int(cmdline.parent.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    assert victims, "no process of the job found"
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(
+        Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in victims
+    ):
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def _finish(proc: subprocess.Popen[str], run_dir: Path) -> None:
     code = proc.wait(timeout=600)
     assert code == 0, (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:]
@@ -255,7 +284,7 @@ def test_two_process_job_killed_mid_training_resumes_to_the_same_result(
     while time.time() < deadline and len(complete_checkpoints(run)) < 2:
         assert proc.poll() is None, "the job finished before it could be killed"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: launcher and both workers, no clean-up
+    _kill_job(run)  # the launcher and both workers, no clean-up
     proc.wait()
     assert not (run / "metrics.json").exists()
     killed_at = json.loads((latest_checkpoint(run) / "meta.json").read_text())["step"]

@@ -25,6 +25,11 @@ def _set_args(overrides: Tuple[str, ...]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
+def _ddp(cli_args: List[str], **launch: object) -> specs.AppDef:
+    """``python -m pipeline.cli CLI_ARGS`` on every process of a ``dist.ddp`` job (torchrun inside)."""
+    return dist.ddp(*cli_args, m="pipeline.cli", **launch)  # type: ignore[arg-type]
+
+
 def train(
     *overrides: str,
     config: str = "configs/demo.yaml",
@@ -58,12 +63,8 @@ def train(
         rdzv_port: rank 0's rendezvous port (multi-node)
         mounts: volume mounts, e.g. type=bind,src=/data,dst=/data
     """
-    return dist.ddp(
-        "train",
-        "--config",
-        config,
-        *_set_args(overrides),
-        m="pipeline.cli",
+    return _ddp(
+        ["train", "--config", config, *_set_args(overrides)],
         image=image,
         name=name,
         h=h,
@@ -131,9 +132,8 @@ def score(
     ]
     if passthrough:
         args += ["--passthrough", passthrough]
-    return dist.ddp(
-        *args,
-        m="pipeline.cli",
+    return _ddp(
+        args,
         image=image,
         name=name,
         h=h,
@@ -186,9 +186,8 @@ def evaluate(
     args = ["evaluate", "--checkpoint", checkpoint, "--data", data, "--batch-size", str(batch_size)]
     if ranking:
         args += ["--ranking", ranking]
-    return dist.ddp(
-        *args,
-        m="pipeline.cli",
+    return _ddp(
+        args,
         image=image,
         name=name,
         h=h,
