@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
 import torch
 from torch import nn
@@ -24,6 +22,12 @@ def jagged_softmax(logits: torch.Tensor, offsets: torch.Tensor, max_len: int) ->
     return torch.ops.fbgemm.jagged_softmax(logits, offsets, max(max_len, 1))[0]
 
 
+def head_segment_offsets(offsets: torch.Tensor, n: int, heads: int) -> torch.Tensor:
+    """Offsets of H * B segments, one per (head, user), for head-major values [H * sum L, ...]: folding the
+    heads into the segment dimension lets one fbgemm jagged call serve every head."""
+    return torch.cat([offsets[:-1] + i * n for i in range(heads)] + [offsets[-1:] + (heads - 1) * n])
+
+
 def headwise_jagged_pool(
     weights: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, max_len: int
 ) -> torch.Tensor:
@@ -40,11 +44,9 @@ def headwise_jagged_pool(
     n, k, h = weights.shape
     d = values.shape[-1]
     batch = offsets.numel() - 1
-    # Fold heads into the segment dimension: H * B segments, each one head of one user's history.
-    head_offsets = torch.cat([offsets[:-1] + i * n for i in range(h)] + [offsets[-1:] + (h - 1) * n])
     x = weights.permute(2, 0, 1).reshape(h * n, k)
     y = values.permute(1, 0, 2).reshape(h * n, d)
-    pooled = torch.ops.fbgemm.jagged_jagged_bmm(x, y, head_offsets, max(max_len, 1))  # [H * B, K, d]
+    pooled = torch.ops.fbgemm.jagged_jagged_bmm(x, y, head_segment_offsets(offsets, n, h), max(max_len, 1))
     return pooled.reshape(h, batch, k, d).permute(1, 2, 0, 3).reshape(batch, k, h * d)
 
 
@@ -123,7 +125,3 @@ class TargetAttention(nn.Module):
         logits = self.score(candidate[segment_ids(lengths)], keys).unsqueeze(-1)  # [sum L, 1]
         weights = jagged_softmax(logits, offsets, max_len)
         return headwise_jagged_pool(weights.unsqueeze(-1), keys.unsqueeze(1), offsets, max_len).squeeze(1)
-
-
-def scaled(dim: int) -> float:
-    return 1.0 / math.sqrt(dim)

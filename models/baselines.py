@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
@@ -51,7 +52,7 @@ class SelfAttentionEncoder(nn.Module):
                 for _ in range(config.num_layers)
             ]
         )
-        self.readout = LinearDispatcher(dim, ElasticConfig(**{**config.__dict__, "num_layers": 1}))
+        self.readout = LinearDispatcher(dim, dataclasses.replace(config, num_layers=1))
 
     def attend(self, layer: int, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape

@@ -20,6 +20,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from models.attention import (
     SlotMixer,
     complete_offsets,
+    head_segment_offsets,
     headwise_jagged_pool,
     jagged_softmax,
     recency_buckets,
@@ -126,10 +127,8 @@ class LinearDispatcher(nn.Module):
         n, b = events.shape[0], slots.shape[0]
         q = self.back_q[layer](events).reshape(n, self.heads, self.head_dim)
         k, v = self.back_kv[layer](slots).chunk(2, dim=-1)
-        # Fold heads into segments: H * B users, each [L_b, d] @ [d, K].
-        head_offsets = torch.cat(
-            [offsets[:-1] + i * n for i in range(self.heads)] + [offsets[-1:] + (self.heads - 1) * n]
-        )
+        # Heads folded into segments: H * B users, each [L_b, d] @ [d, K].
+        head_offsets = head_segment_offsets(offsets, n, self.heads)
         qh = q.permute(1, 0, 2).reshape(self.heads * n, self.head_dim)
         kh = (
             k.reshape(b, self.slots, self.heads, self.head_dim)

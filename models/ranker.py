@@ -143,9 +143,14 @@ class CrossDomainRanker(nn.Module):
         return self.over_arch(self.interaction(self.dense_arch(dense), sparse)).squeeze(-1), ortho
 
 
+def embedding_modules(model: nn.Module) -> list[nn.Module]:
+    """Every TorchRec embedding collection in the model: feature tables and interest memories alike."""
+    return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
+
+
 def dense_parameters(model: nn.Module) -> int:
     """Parameters outside TorchRec's embedding collections (what the parameter-matched baseline matches)."""
-    tables = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
+    tables = embedding_modules(model)
     return sum(p.numel() for p in model.parameters()) - sum(p.numel() for m in tables for p in m.parameters())
 
 

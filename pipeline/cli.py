@@ -115,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     import json
 
-    from pipeline.metrics import format_metrics_table
+    from pipeline.metrics import format_metrics_table, latest_tables
 
     path = Path(args.run_dir) / "metrics.json"
     if not path.is_file():
@@ -123,11 +123,7 @@ def _report(args: argparse.Namespace) -> None:
             "no metrics.json in the run folder.", where=str(path), fix="train first (crossrank train)."
         )
     metrics = json.loads(path.read_text())
-    tables = {}
-    if metrics.get("valid"):
-        tables["valid"] = {k: v for k, v in metrics["valid"][-1].items() if k != "epoch"}
-    if metrics.get("test"):
-        tables["test"] = metrics["test"]
+    tables = latest_tables(metrics)
     extra: dict[str, float] = {}
     if args.oracle:
         oracle = json.loads(Path(args.oracle).read_text())["oracle_auc"]

@@ -80,3 +80,13 @@ def format_metrics_table(results: dict[str, dict[str, float]], extra: dict[str, 
     for n, v in (extra or {}).items():
         lines.append(n.ljust(width) + f"{v:12.4f}")
     return "\n".join(lines)
+
+
+def latest_tables(result: dict) -> dict[str, dict[str, float]]:
+    """The columns of a run's metrics table: the last validation and the test metrics (``metrics.json``)."""
+    tables = {}
+    if result.get("valid"):
+        tables["valid"] = {k: v for k, v in result["valid"][-1].items() if k != "epoch"}
+    if result.get("test"):
+        tables["test"] = result["test"]
+    return tables

@@ -207,6 +207,22 @@ def assign_units(units: list[Unit], world_size: int) -> list[list[Unit]]:
     return [sorted(s, key=lambda u: (str(u.file), u.row_group)) for s in shares]
 
 
+def read_unit(unit: Unit, columns: list[str]) -> pa.Table:
+    """One row group's columns, or an InputError naming the file and row group."""
+    try:
+        return pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(
+            f"cannot read the row group ({e}).", where=str(unit), fix="re-create the file."
+        ) from None
+
+
+def empty_batch(spec: FeatureSpec, batch_size: int) -> Batch:
+    """A batch of padding rows only (weight 0, no ids): what a rank without data feeds to collectives."""
+    block = Block.empty(0, max(1, len(spec.dense_features)), [*spec.sequence_keys, *spec.pooled_keys])
+    return block.to_batch(spec.pooled_keys, spec.sequence_keys, batch_size)
+
+
 class BlockConverter:
     """Turns one Arrow table (one unit's rows) into a :class:`Block` per the feature spec."""
 
@@ -397,13 +413,7 @@ class ParquetBatchReader:
         return self.converter.stats
 
     def _read(self, unit: Unit) -> Block:
-        try:
-            table = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=self.converter.columns)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise InputError(
-                f"cannot read the row group ({e}).", where=str(unit), fix="re-create the file."
-            ) from None
-        return self.converter.convert(table, str(unit))
+        return self.converter.convert(read_unit(unit, self.converter.columns), str(unit))
 
     def blocks(self, epoch: int = 0) -> Iterator[Block]:
         """This rank's rows as blocks (shuffled windows of units when ``shuffle``)."""
@@ -442,8 +452,7 @@ class ParquetBatchReader:
             if emitted >= skip:
                 yield rows.to_batch(pooled, seq, self.batch_size)
             emitted += 1
-        empty = Block.empty(0, max(1, len(self.spec.dense_features)), [*seq, *pooled])
         while emitted < total:
             if emitted >= skip:
-                yield empty.to_batch(pooled, seq, self.batch_size)
+                yield empty_batch(self.spec, self.batch_size)
             emitted += 1

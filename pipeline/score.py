@@ -30,7 +30,15 @@ from pipeline.config import JobConfig, config_from_dict
 from pipeline.distributed import DistContext, all_reduce_max, init_distributed
 from pipeline.metrics import format_metrics_table
 from pipeline.parquet_out import write_json_atomic, write_parquet_atomic
-from pipeline.reader import Block, BlockConverter, ParquetBatchReader, Unit, assign_units, discover_units
+from pipeline.reader import (
+    BlockConverter,
+    ParquetBatchReader,
+    Unit,
+    assign_units,
+    discover_units,
+    empty_batch,
+    read_unit,
+)
 from pipeline.train import ShardedRanker, build_sharded_model, evaluate, evaluate_ranking
 
 
@@ -127,7 +135,7 @@ def score(
 
     def load(unit: Unit) -> tuple[pa.Table, list[tuple[Batch, int]]]:
         """A unit's table and its ready batches with their real row counts."""
-        table = _read_unit(unit, columns)
+        table = read_unit(unit, columns)
         block = converter.convert(table, str(unit))
         cuts = [block.slice(lo, lo + batch_size) for lo in range(0, len(block), batch_size)]
         return table, [(c.to_batch(*keys, batch_size), len(c)) for c in cuts]
@@ -170,20 +178,10 @@ def score(
             bar.set_postfix(rows_per_s=f"{rows / (time.perf_counter() - start):,.0f}")
         for w in writes:
             w.result()  # surface write errors before reporting success
-    empty = Block.empty(0, max(1, len(spec.dense_features)), [*spec.sequence_keys, *spec.pooled_keys])
     for _ in range(total - done):  # keep step with ranks that still have units
-        _scores(model, empty.to_batch(*keys, batch_size), ctx)
+        _scores(model, empty_batch(spec, batch_size), ctx)
     bar.close()
     return ScoreResult(rows, len(todo), len(mine) - len(todo), time.perf_counter() - start)
-
-
-def _read_unit(unit: Unit, columns: list[str]) -> pa.Table:
-    try:
-        return pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(
-            f"cannot read the row group ({e}).", where=str(unit), fix="re-create the file."
-        ) from None
 
 
 def run_score(

@@ -3,8 +3,6 @@ validate each epoch, test at the end, write metrics."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,6 @@ from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, Tr
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -29,11 +26,12 @@ from tqdm import tqdm
 
 from features.errors import InputError
 from features.spec import FeatureSpec, load_spec
-from models.ranker import RankerTrain, build_ranker
+from models.ranker import RankerTrain, build_ranker, embedding_modules
 from pipeline.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from pipeline.config import JobConfig
 from pipeline.distributed import DistContext, all_gather_cat, all_reduce_max, init_distributed
-from pipeline.metrics import compute_metrics, format_metrics_table
+from pipeline.metrics import compute_metrics, format_metrics_table, latest_tables
+from pipeline.parquet_out import write_json_atomic
 from pipeline.ranking import ranking_metrics
 from pipeline.reader import ParquetBatchReader
 
@@ -69,8 +67,7 @@ def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> 
     model = RankerTrain(ranker)
     opt_cls, opt_kwargs = SPARSE_OPTIMIZER_CLASSES[cfg.train.sparse_optimizer]
     # Every TorchRec table (features and interest memories) gets the fused sparse optimizer.
-    tables = [m for m in ranker.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
-    sparse_params = [p for m in tables for p in m.parameters()]
+    sparse_params = [p for m in embedding_modules(ranker) for p in m.parameters()]
     apply_optimizer_in_backward(opt_cls, sparse_params, {"lr": cfg.train.sparse_lr, **opt_kwargs})
 
     planner = EmbeddingShardingPlanner(
@@ -174,12 +171,6 @@ class TrainResult:
     world_size: int = 1
     plan: dict[str, str] = field(default_factory=dict)
     reader: dict[str, Any] = field(default_factory=dict)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def _resume_source(cfg: JobConfig) -> Path | None:
@@ -328,12 +319,8 @@ def train(cfg: JobConfig) -> TrainResult:
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        _write_json(run_dir / "metrics.json", result.__dict__)
-        tables = {}
-        if result.valid:
-            tables["valid"] = {k: v for k, v in result.valid[-1].items() if k != "epoch"}
-        if result.test:
-            tables["test"] = result.test
+        write_json_atomic(result.__dict__, run_dir / "metrics.json")
+        tables = latest_tables(result.__dict__)
         if tables:
             print(format_metrics_table(tables))
         print(
