@@ -46,9 +46,9 @@ METRICS = ("auc", "ne", "auc/A", "auc/B", "hr@10", "ndcg@10", "ortho/A←B", "or
 
 def prepare(data: str, work: Path, users: int, ranking_users: int, seed: int) -> Path:
     """MovieLens -> prepared splits -> a user subset -> its ranking protocol (cached in ``work``)."""
-    from pipeline.movielens import prepare_movielens
-    from pipeline.parquet_out import write_parquet_atomic
-    from pipeline.ranking import prepare_ranking
+    from crossrank.pipeline.core.atomic import write_parquet_atomic
+    from crossrank.pipeline.prepare.movielens import prepare_movielens
+    from crossrank.pipeline.prepare.ranking_set import prepare_ranking
 
     src = Path(data) if Path(data).exists() else REPO.parent / "shared" / "data" / data
     full, subset = work / "full", work / f"users{users}"
@@ -84,7 +84,14 @@ def run(variant: str, seed: int, data: Path, out: Path, epochs: int) -> dict:
         "model.sequence_encoder=elastic",
         *VARIANTS[variant],
     ]
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(REPO / "configs/ml1m.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "crossrank.pipeline.cli",
+        "train",
+        "--config",
+        str(REPO / "configs/ml1m.yaml"),
+    ]
     for o in overrides:
         cmd += ["--set", o]
     t0 = time.perf_counter()
@@ -105,12 +112,8 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def write_report(results: dict[str, list[dict]], out: Path, args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _summary_table(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]:
+    """The report's title and its table of every variant's mean ± std over seeds."""
     lines = [
         f"# Fusion ablation on {args.data} ({args.users} users, {args.epochs} epoch(s), {args.seeds} seed(s), "
         f"ranking protocol on {args.ranking_users} users x 99 negatives)",
@@ -126,7 +129,12 @@ def write_report(results: dict[str, list[dict]], out: Path, args: argparse.Names
         emb = runs[0]["params"]["embedding"]
         wall = statistics.mean(r["wall_s"] for r in runs)
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {dense:,} | {emb:,} | {wall:.0f} |")
-    lines += [
+    return lines
+
+
+def _runs_table(results: dict[str, list[dict]]) -> list[str]:
+    """Every run's test metrics, one row per variant and seed."""
+    lines = [
         "",
         "Every run:",
         "",
@@ -139,21 +147,33 @@ def write_report(results: dict[str, list[dict]], out: Path, args: argparse.Names
             lines.append(
                 f"| {variant} | {seed} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |"
             )
+    return lines
 
+
+def _paired_table(results: dict[str, list[dict]]) -> list[str]:
+    """AUC differences to the `none` baseline, seed by seed (nothing without a `none` run)."""
     # Paired by seed (every variant sees the same data order and initial tables per seed): the difference
     # to the `none` baseline removes the seed-to-seed swing that dominates the std above.
-    if "none" in results:
-        lines += ["", "AUC minus the `none` baseline of the same seed (mean ± std over seeds):", ""]
-        lines += ["| variant | per seed | mean ± std |", "| --- | --- | --- |"]
-        for variant, runs in results.items():
-            if variant == "none":
-                continue
-            diffs = [r["test"]["auc"] - b["test"]["auc"] for r, b in zip(runs, results["none"], strict=False)]
-            lines.append(f"| {variant} | {', '.join(f'{d:+.4f}' for d in diffs)} | {mean_std(diffs)} |")
+    if "none" not in results:
+        return []
+    lines = ["", "AUC minus the `none` baseline of the same seed (mean ± std over seeds):", ""]
+    lines += ["| variant | per seed | mean ± std |", "| --- | --- | --- |"]
+    for variant, runs in results.items():
+        if variant == "none":
+            continue
+        diffs = [r["test"]["auc"] - b["test"]["auc"] for r, b in zip(runs, results["none"], strict=False)]
+        lines.append(f"| {variant} | {', '.join(f'{d:+.4f}' for d in diffs)} | {mean_std(diffs)} |")
+    return lines
+
+
+def _plot_ortho_vs_auc(results: dict[str, list[dict]], out: Path) -> list[str]:
+    """``ortho_vs_metric.png``: per direction, domain AUC against |cos| over every run; returns the
+    correlation lines of the report."""
+    import matplotlib.pyplot as plt
 
     # Orthogonality vs accuracy per direction (domains differ in AUC level, so they are not pooled).
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    lines += [""]
+    lines: list[str] = []
     for ax, (d, o) in zip(axes, (("A", "B"), ("B", "A")), strict=True):
         points = [
             (r["test"][f"ortho/{d}←{o}"], r["test"][f"auc/{d}"], variant)
@@ -177,6 +197,13 @@ def write_report(results: dict[str, list[dict]], out: Path, args: argparse.Names
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "ortho_vs_metric.png", dpi=120)
+    return lines
+
+
+def _plot_auc_vs_params(results: dict[str, list[dict]], out: Path) -> None:
+    """``auc_vs_params.png``: each variant's test AUC (mean ± std over seeds) against its dense parameters."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, runs in results.items():
         aucs = [r["test"]["auc"] for r in runs]
@@ -194,6 +221,16 @@ def write_report(results: dict[str, list[dict]], out: Path, args: argparse.Names
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "auc_vs_params.png", dpi=120)
+
+
+def write_report(results: dict[str, list[dict]], out: Path, args: argparse.Namespace) -> None:
+    """Write ``ablation.md`` and the two figures to ``out``, and print the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a benchmark machine
+    lines = _summary_table(results, args) + _runs_table(results) + _paired_table(results)
+    lines += ["", *_plot_ortho_vs_auc(results, out)]
+    _plot_auc_vs_params(results, out)
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

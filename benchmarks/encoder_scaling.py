@@ -1,4 +1,4 @@
-"""ELASTIC vs the quadratic self-attention reference vs DIN: time and peak memory over history length.
+"""ELASTIC vs the quadratic self-attention baseline (fused SDPA) vs DIN: time and peak memory over history length.
 
     python benchmarks/encoder_scaling.py            # the full table (B=32, D=64, K=16, H=4; ~10 min on 2 cores)
     python benchmarks/encoder_scaling.py --quick     # L in {256, 1024}, fewer repeats
@@ -10,6 +10,10 @@ step (inputs and weights already allocated) — i.e. the activations, attention 
 itself needs. Self-attention runs whose estimated attention maps exceed ``--mem-budget-gb`` are skipped and
 reported as such (they would exhaust this machine's memory).
 
+The row "written-out softmax attention (reference)" is the self-attention encoder with its attention step
+written out (scores, mask, softmax, weighted sum, [B, H, L, L] maps held), as SASRec-style rankers do; the
+model itself uses ``F.scaled_dot_product_attention`` (a fused kernel on CPU).
+
 The second table is the jagged case: one batch with skewed lengths (median 50, max 4096) against a batch
 with the same total number of events at uniform length.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -26,9 +31,33 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from crossrank.models.baselines import SelfAttentionEncoder
+
 B, D, K, H = 32, 64, 16, 4
 LENGTHS = (256, 1024, 4096, 16384)
-ENCODERS = ("elastic", "self_attention", "din")
+WRITTEN_OUT = "self_attention_written_out"
+ENCODERS = ("elastic", "self_attention", "din", WRITTEN_OUT)
+LABELS = {WRITTEN_OUT: "written-out softmax attention (reference)"}
+
+
+class WrittenOutSelfAttention(SelfAttentionEncoder):
+    """:class:`SelfAttentionEncoder` with the attention written out: the [B, H, L, L] score maps are
+    materialised (masked, softmaxed, multiplied with V), so it costs what standard self-attention costs.
+    The reference row of the tables; same weights and outputs as the fused encoder.
+
+    Example::
+
+        enc = WrittenOutSelfAttention(64, ElasticConfig(num_slots=16))
+        interests = enc(torch.rand(100, 64), torch.tensor([60, 0, 40]), torch.rand(3, 64))
+    """
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [B, H, L, L]
+        return torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1) @ v
 
 
 def _rss_mb() -> float:
@@ -38,15 +67,17 @@ def _rss_mb() -> float:
 
 def worker(encoder: str, lengths: list[int], mode: str, repeats: int, memory_size: int) -> dict[str, float]:
     """Run in a fresh process: build the encoder and inputs, time ``repeats`` steps, report peak memory."""
-    import torch
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from models.elastic import ElasticConfig
-    from models.sequence import build_sequence_encoder
+    from crossrank.models.elastic import ElasticConfig
+    from crossrank.models.sequence import build_sequence_encoder
 
     torch.manual_seed(0)
     cfg = ElasticConfig(num_slots=K, num_heads=H, num_layers=1, memory_size=memory_size, memory_topk=8)
-    enc = build_sequence_encoder(encoder, D, cfg, "A")
+    enc = (
+        WrittenOutSelfAttention(D, cfg)
+        if encoder == WRITTEN_OUT
+        else build_sequence_encoder(encoder, D, cfg, "A")
+    )
     lens = torch.tensor(lengths)
     values = torch.randn(int(lens.sum()), D, requires_grad=mode == "train")
     cand = torch.randn(len(lengths), D)
@@ -89,6 +120,10 @@ def run_case(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def is_self_attention(encoder: str) -> bool:
+    return encoder in ("self_attention", WRITTEN_OUT)
+
+
 def sa_estimate_gb(length: int, mode: str) -> float:
     """Memory of self-attention's [B, H, L, L] score maps: 2 alive in inference, ~4 in a train step."""
     return (2 if mode == "inference" else 4) * B * H * length * length * 4 / 2**30
@@ -96,8 +131,6 @@ def sa_estimate_gb(length: int, mode: str) -> float:
 
 def normal_quantiles(n: int) -> np.ndarray:  # noqa: F821 (numpy imported by the caller)
     """The n quantiles (i + 0.5) / n of the standard normal, via the inverse error function in torch."""
-    import torch
-
     p = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     return (2**0.5 * torch.erfinv(2 * p - 1)).numpy()
 
@@ -115,7 +148,7 @@ def scaling_table(lengths: tuple[int, ...], repeats: int, budget_gb: float, memo
     for mode in ("inference", "train"):
         for length in lengths:
             for enc in ENCODERS:
-                if enc == "self_attention" and sa_estimate_gb(length, mode) > budget_gb:
+                if is_self_attention(enc) and sa_estimate_gb(length, mode) > budget_gb:
                     results[(enc, length, mode)] = f"skipped (needs ~{sa_estimate_gb(length, mode):.0f} GB)"
                     continue
                 reps = repeats if length <= 4096 else max(1, repeats // 2)
@@ -129,19 +162,20 @@ def print_scaling(results: dict, lengths: tuple[int, ...]) -> None:
         f"\n### Encoder scaling (B={B}, D={D}, K={K}, H={H}; time = median ms, memory = step peak RSS MB)\n"
     )
     print(
-        "| mode | L | ELASTIC ms | self-attn ms | DIN ms | ELASTIC MB | self-attn MB | DIN MB | SA/ELASTIC time | ELASTIC memory saving |"
+        "| mode | L | ELASTIC ms | self-attn ms | DIN ms | ELASTIC MB | self-attn MB | DIN MB | SA/ELASTIC time | ELASTIC memory saving "
+        f"| {LABELS[WRITTEN_OUT]} ms | {LABELS[WRITTEN_OUT]} MB |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode in ("inference", "train"):
         for length in lengths:
-            e, s, d = (results.get((enc, length, mode)) for enc in ENCODERS)
+            e, s, d, w = (results.get((enc, length, mode)) for enc in ENCODERS)
             ratio = saving = "-"
             if isinstance(e, dict) and isinstance(s, dict):
                 ratio = f"{s['ms'] / e['ms']:.1f}x"
                 saving = f"{100 * (1 - e['peak_mb'] / s['peak_mb']):.1f}%" if s["peak_mb"] > 0 else "-"
             print(
                 f"| {mode} | {length} | {fmt(e, 'ms')} | {fmt(s, 'ms')} | {fmt(d, 'ms')} | {fmt(e, 'peak_mb')} | "
-                f"{fmt(s, 'peak_mb')} | {fmt(d, 'peak_mb')} | {ratio} | {saving} |"
+                f"{fmt(s, 'peak_mb')} | {fmt(d, 'peak_mb')} | {ratio} | {saving} | {fmt(w, 'ms')} | {fmt(w, 'peak_mb')} |"
             )
 
 
@@ -161,15 +195,16 @@ def jagged_case(repeats: int, memory_size: int, budget_gb: float) -> None:
     print("| --- | --- | --- | --- | --- |")
     for enc in ENCODERS:
         for mode in ("inference", "train"):
-            if enc == "self_attention" and sa_estimate_gb(int(skewed.max()), mode) > budget_gb:
+            label = LABELS.get(enc, enc)
+            if is_self_attention(enc) and sa_estimate_gb(int(skewed.max()), mode) > budget_gb:
                 print(
-                    f"| {enc} | {mode} | skipped (pads to {skewed.max()}: needs ~{sa_estimate_gb(int(skewed.max()), mode):.0f} GB) | - | - |"
+                    f"| {label} | {mode} | skipped (pads to {skewed.max()}: needs ~{sa_estimate_gb(int(skewed.max()), mode):.0f} GB) | - | - |"
                 )
                 continue
             s = run_case(enc, skewed.tolist(), mode, repeats, memory_size)
             u = run_case(enc, uniform, mode, repeats, memory_size)
             ratio = f"{s['ms'] / u['ms']:.2f}x" if isinstance(s, dict) and isinstance(u, dict) else "-"
-            print(f"| {enc} | {mode} | {fmt(s, 'ms')} | {fmt(u, 'ms')} | {ratio} |")
+            print(f"| {label} | {mode} | {fmt(s, 'ms')} | {fmt(u, 'ms')} | {ratio} |")
 
 
 def memory_bank_case(repeats: int) -> None:
@@ -202,8 +237,6 @@ def main() -> None:
         return
     lengths = LENGTHS[:2] if args.quick else LENGTHS
     repeats = 2 if args.quick else args.repeats
-    import torch
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     results = scaling_table(lengths, repeats, args.mem_budget_gb, args.memory_size)
     print_scaling(results, lengths)

@@ -27,9 +27,10 @@ def measure(checkpoint: str, data: str, out: str, batch_size: int, repeats: int)
     (alternating); returns rows and the median seconds of each."""
     import torch
 
-    from pipeline.distributed import all_reduce_max, init_distributed
-    from pipeline.reader import ParquetBatchReader
-    from pipeline.score import load_for_inference, score
+    from crossrank.pipeline.core.distributed import all_reduce_max, init_distributed
+    from crossrank.pipeline.reading.reader import ParquetBatchReader
+    from crossrank.pipeline.scoring.model import load_for_inference
+    from crossrank.pipeline.scoring.score import score
 
     ctx = init_distributed()
     loaded = load_for_inference(checkpoint, ctx)
@@ -65,9 +66,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from pipeline.config import load_config
-    from pipeline.distributed import launch_local
-    from pipeline.synthetic import SyntheticConfig, prepare_synthetic
+    from crossrank.pipeline.core.distributed import launch_local
+    from crossrank.pipeline.prepare.synthetic import SyntheticConfig, prepare_synthetic
+    from crossrank.pipeline.training.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="score_bench_"))
     prepare_synthetic(work / "data", SyntheticConfig(rows=args.rows, row_group_size=16384))
@@ -87,7 +88,7 @@ def main() -> None:
     def launch(nproc: int, fn, *fn_args):  # type: ignore[no-untyped-def]
         return launch_local(nproc, work, fn, *fn_args)
 
-    from pipeline.train import train
+    from crossrank.pipeline.training.loop import train
 
     launch(1, train, cfg)
     data = str(work / "data" / "train")

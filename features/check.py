@@ -9,23 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.errors import InputError
-from features.spec import FeatureDef, FeatureSpec, Problem
-
-
-def list_parquet_files(path: str | Path) -> list[Path]:
-    """The Parquet files of a file or folder (recursively, sorted), or an :class:`InputError` naming the path."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(
-            "no such file or folder.", where=str(p), fix="check the data path (prepare the data first)."
-        )
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*.parquet") if not f.name.startswith("."))
-    if not files:
-        raise InputError(
-            "the folder holds no *.parquet file.", where=str(p), fix="point at prepared Parquet data."
-        )
-    return files
+from crossrank.features.errors import InputError
+from crossrank.features.files import list_parquet_files
+from crossrank.features.spec import FeatureDef, FeatureSpec, Problem
 
 
 def _is_int(t: pa.DataType) -> bool:
@@ -68,8 +54,8 @@ def schema_problems(
     checks: list[tuple[str, FeatureDef | None, str]] = [(spec.row_id, None, "row_id")]
     if with_label:
         checks.append((spec.label, None, "label"))
-    for f in spec.features:
-        checks.append((f.column, f, f.name))
+    for feature in spec.features:
+        checks.append((feature.column, feature, feature.name))
     cand = spec.candidate
     for column, f, name in checks:
         if column not in schema.names:
@@ -167,7 +153,7 @@ def _range_problems(spec: FeatureSpec, file: Path, meta: pq.ParquetFile, report:
             )
 
 
-def check_data(spec: FeatureSpec, data: str | Path, *, with_label: bool = True) -> DataReport:
+def check_data(spec: FeatureSpec, data: DataPaths, *, with_label: bool = True) -> DataReport:
     """Check every Parquet file under ``data`` against ``spec``; collects every problem instead of stopping."""
     report = DataReport()
     try:

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.errors import InputError
-from features.spec import IdMapping, TableSpec
+from crossrank.features.errors import InputError
+from crossrank.features.spec import IdMapping, TableSpec
 
 
 def map_ids(

@@ -40,22 +40,25 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 
-from features.errors import InputError
+from crossrank.features.errors import InputError
+
+if TYPE_CHECKING:  # torchrec is imported only where tables are built: a spec is plain data
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 
 FeatureKind = Literal["id", "id_list", "sequence", "candidate", "dense"]
 FEATURE_KINDS: tuple[str, ...] = ("id", "id_list", "sequence", "candidate", "dense")
 POOLED_KINDS: tuple[str, ...] = ("id", "id_list")
 TRANSFORMS: tuple[str, ...] = ("none", "log1p", "standardize")
-POOLINGS: dict[str, PoolingType] = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
-DATA_TYPES: dict[str, DataType] = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+# Spec names -> member names of torchrec's PoolingType / DataType.
+POOLINGS: dict[str, str] = {"sum": "SUM", "mean": "MEAN"}
+DATA_TYPES: dict[str, str] = {"fp32": "FP32", "fp16": "FP16"}
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class FeatureSpec:
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """TorchRec configs of the pooled tables (one per table, listing the features that share it)."""
+        from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
+
         configs = []
         for t in self.tables:
             names = [f.name for f in self.of_kind(*POOLED_KINDS) if f.table == t.name]
@@ -212,8 +217,8 @@ class FeatureSpec:
                         embedding_dim=t.embedding_dim,
                         num_embeddings=t.num_embeddings,
                         feature_names=names,
-                        pooling=POOLINGS[t.pooling],
-                        data_type=DATA_TYPES[t.data_type],
+                        pooling=PoolingType[POOLINGS[t.pooling]],
+                        data_type=DataType[DATA_TYPES[t.data_type]],
                     )
                 )
         return configs
@@ -221,6 +226,8 @@ class FeatureSpec:
     def embedding_configs(self) -> list[EmbeddingConfig]:
         """TorchRec configs of the unpooled tables: each domain's item table, shared by its history and
         its candidate slot (parameter sharing between candidate and history)."""
+        from torchrec.modules.embedding_configs import DataType, EmbeddingConfig
+
         configs = []
         for d in self.domains:
             t = self.table(d.table)
@@ -230,7 +237,7 @@ class FeatureSpec:
                     embedding_dim=t.embedding_dim,
                     num_embeddings=t.num_embeddings,
                     feature_names=[self.sequence_for(d.name).name, self.candidate_key(d.name)],
-                    data_type=DATA_TYPES[t.data_type],
+                    data_type=DataType[DATA_TYPES[t.data_type]],
                 )
             )
         return configs
@@ -355,6 +362,45 @@ def parse_spec(raw: Any, src: str) -> tuple[FeatureSpec | None, list[Problem]]:
     return spec, problems
 
 
+# Records one problem of the spec being validated: (feature/table/key concerned, message, fix).
+_Add = Callable[[str, str, str], None]
+
+
+def _duplicates(names: list[str]) -> set[str]:
+    return {n for n in names if names.count(n) > 1}
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """The tables and domains a spec declares, as the feature checks look them up."""
+
+    table_names: list[str]
+    domain_names: list[str]
+    domain_table: dict[str, str]  # domain name -> its item table
+    domain_tables: list[str]  # each declared domain's item table, duplicates kept
+
+    @classmethod
+    def of(cls, tables: list[TableSpec], domains: list[DomainSpec]) -> _Declared:
+        return cls(
+            table_names=[t.name for t in tables],
+            domain_names=[d.name for d in domains],
+            domain_table={d.name: d.table for d in domains},
+            domain_tables=[d.table for d in domains],
+        )
+
+
+@dataclass
+class _TableUse:
+    """How the features use each table (insertion-ordered, so problems come out in declaration order)."""
+
+    kinds: dict[str, set[str]] = field(default_factory=dict)  # "pooled" / "unpooled"
+    mappings: dict[str, set[IdMapping]] = field(default_factory=dict)
+
+    def record(self, table: str, kind: str, mapping: IdMapping) -> None:
+        self.kinds.setdefault(table, set()).add(kind)
+        self.mappings.setdefault(table, set()).add(mapping)
+
+
 def _validate(
     src: str,
     tables: list[TableSpec],
@@ -362,12 +408,26 @@ def _validate(
     features: list[FeatureDef],
     problems: list[Problem],
 ) -> None:
+    """Append every problem of the parsed tables, domains and features to ``problems``, section by section."""
+
     def add(feat: str, msg: str, fix: str) -> None:
         problems.append(Problem(src, feat, msg, fix))
 
-    table_names = [t.name for t in tables]
-    by_table = {t.name: t for t in tables}
-    for name in {n for n in table_names if table_names.count(n) > 1}:
+    declared = _Declared.of(tables, domains)
+    _check_tables(add, tables)
+    _check_domains(add, domains, declared)
+    use = _TableUse()
+    for name in _duplicates([f.name for f in features]):
+        add(name, f"feature name {name!r} is declared more than once.", "give each feature a unique name.")
+    for f in features:
+        _check_feature(add, f, declared, use)
+    _check_feature_counts(add, features, declared.domain_names)
+    _check_table_use(add, use)
+
+
+def _check_tables(add: _Add, tables: list[TableSpec]) -> None:
+    """Unique names, sizes, pooling and data type of each table, and one embedding dim for all."""
+    for name in _duplicates([t.name for t in tables]):
         add(name, f"table name {name!r} is declared more than once.", "give each table a unique name.")
     for t in tables:
         if not isinstance(t.num_embeddings, int) or t.num_embeddings < 2:
@@ -391,121 +451,144 @@ def _validate(
             "give every table the same embedding_dim.",
         )
 
-    domain_names = [d.name for d in domains]
+
+def _check_domains(add: _Add, domains: list[DomainSpec], declared: _Declared) -> None:
+    """At least two uniquely and plainly named domains, each with a declared item table of its own."""
     if len(domains) < 2:
         add(
             "domains",
             f"{len(domains)} domain(s) declared; crossrank ranks across N >= 2 domains.",
             "declare 2+.",
         )
-    for name in {n for n in domain_names if domain_names.count(n) > 1}:
+    for name in _duplicates(declared.domain_names):
         add(name, f"domain {name!r} is declared more than once.", "give each domain a unique name.")
-    for name in domain_names:
+    for name in declared.domain_names:
         if not re.fullmatch(r"[A-Za-z0-9_]+", name):
             add(name, f"domain name {name!r} may hold only letters, digits and '_'.", "rename the domain.")
     for d in domains:
-        if d.table not in by_table:
+        if d.table not in declared.table_names:
             add(
                 d.name,
                 f"domain {d.name!r} uses unknown table {d.table!r}.",
-                f"declare it; tables: {table_names}.",
+                f"declare it; tables: {declared.table_names}.",
             )
-    domain_tables = [d.table for d in domains]
-    for t in {t for t in domain_tables if domain_tables.count(t) > 1}:
-        add(t, f"table {t!r} is the item table of several domains.", "give each domain its own item table.")
+    for table in _duplicates(declared.domain_tables):
+        add(
+            table,
+            f"table {table!r} is the item table of several domains.",
+            "give each domain its own item table.",
+        )
 
-    feature_names = [f.name for f in features]
-    for name in {n for n in feature_names if feature_names.count(n) > 1}:
-        add(name, f"feature name {name!r} is declared more than once.", "give each feature a unique name.")
-    domain_table = {d.name: d.table for d in domains}
-    table_kinds: dict[str, set[str]] = {}
-    table_mappings: dict[str, set[IdMapping]] = {}
-    n_candidates = 0
-    for f in features:
-        if f.kind not in FEATURE_KINDS:
-            add(f.name, f"unknown kind {f.kind!r}.", f"use one of {list(FEATURE_KINDS)}.")
-            continue
-        if not isinstance(f.column, str) or not f.column:
-            add(f.name, "no source `column`.", "add `column: NAME`.")
-        if "@" in f.name:
-            add(
-                f.name,
-                "feature names may not contain '@' (reserved for per-domain candidate keys).",
-                "rename it.",
-            )
-        if f.kind == "dense":
-            if f.transform not in TRANSFORMS:
-                add(f.name, f"unknown transform {f.transform!r}.", f"use one of {list(TRANSFORMS)}.")
-            if f.transform == "standardize" and not (isinstance(f.std, int | float) and f.std > 0):
-                add(f.name, f"standardize needs std > 0, got {f.std!r}.", "set `mean:` and `std:`.")
-            if f.table:
-                add(f.name, "a dense feature has no table.", "remove `table:`.")
-            continue
-        table = f.table
-        if f.kind == "sequence":
-            if f.domain not in domain_table:
-                add(
-                    f.name,
-                    f"sequence feature names unknown domain {f.domain!r}.",
-                    f"use one of {domain_names}.",
-                )
-                continue
-            if table and table != domain_table[f.domain]:
-                add(
-                    f.name,
-                    f"uses table {table!r} but domain {f.domain!r} has item table {domain_table[f.domain]!r}; "
-                    "a domain's history and candidate share one table.",
-                    "drop `table:` (it defaults to the domain's table) or fix it.",
-                )
-            table = domain_table[f.domain]
-            if not isinstance(f.max_len, int) or f.max_len < 1:
-                add(f.name, f"max_len must be a positive integer, got {f.max_len!r}.", "set `max_len: N`.")
-        elif f.kind == "candidate":
-            n_candidates += 1
-            if not f.domain_column:
-                add(f.name, "a candidate feature needs `domain_column`.", "add `domain_column: COLUMN`.")
-            for d in domains:
-                table_kinds.setdefault(d.table, set()).add("unpooled")
-                table_mappings.setdefault(d.table, set()).add(f.mapping)
-            continue
-        elif not table:
-            add(f.name, f"a {f.kind} feature needs `table:`.", f"name one of {table_names}.")
-            continue
-        if table not in by_table:
-            add(
-                f.name, f"uses unknown table {table!r}.", f"declare it under `tables:`; known: {table_names}."
-            )
-            continue
-        table_kinds.setdefault(table, set()).add("pooled" if f.kind in POOLED_KINDS else "unpooled")
-        table_mappings.setdefault(table, set()).add(f.mapping)
 
+def _check_feature(add: _Add, f: FeatureDef, declared: _Declared, use: _TableUse) -> None:
+    """One feature's kind, column, name and kind-specific keys; records the tables it uses in ``use``."""
+    if f.kind not in FEATURE_KINDS:
+        add(f.name, f"unknown kind {f.kind!r}.", f"use one of {list(FEATURE_KINDS)}.")
+        return
+    if not isinstance(f.column, str) or not f.column:
+        add(f.name, "no source `column`.", "add `column: NAME`.")
+    if "@" in f.name:
+        add(
+            f.name,
+            "feature names may not contain '@' (reserved for per-domain candidate keys).",
+            "rename it.",
+        )
+    if f.kind == "dense":
+        _check_dense(add, f)
+        return
+    if f.kind == "candidate":
+        if not f.domain_column:
+            add(f.name, "a candidate feature needs `domain_column`.", "add `domain_column: COLUMN`.")
+        # The candidate is looked up in the item table of its row's domain: it uses every domain's table.
+        for item_table in declared.domain_tables:
+            use.record(item_table, "unpooled", f.mapping)
+        return
+    table = _sequence_table(add, f, declared) if f.kind == "sequence" else _pooled_table(add, f, declared)
+    if table is None:
+        return
+    if table not in declared.table_names:
+        add(
+            f.name,
+            f"uses unknown table {table!r}.",
+            f"declare it under `tables:`; known: {declared.table_names}.",
+        )
+        return
+    use.record(table, "pooled" if f.kind in POOLED_KINDS else "unpooled", f.mapping)
+
+
+def _check_dense(add: _Add, f: FeatureDef) -> None:
+    if f.transform not in TRANSFORMS:
+        add(f.name, f"unknown transform {f.transform!r}.", f"use one of {list(TRANSFORMS)}.")
+    if f.transform == "standardize" and not (isinstance(f.std, int | float) and f.std > 0):
+        add(f.name, f"standardize needs std > 0, got {f.std!r}.", "set `mean:` and `std:`.")
+    if f.table:
+        add(f.name, "a dense feature has no table.", "remove `table:`.")
+
+
+def _sequence_table(add: _Add, f: FeatureDef, declared: _Declared) -> str | None:
+    """The table of a domain's history (its domain's item table), or None when its domain is unknown."""
+    if f.domain not in declared.domain_table:
+        add(
+            f.name,
+            f"sequence feature names unknown domain {f.domain!r}.",
+            f"use one of {declared.domain_names}.",
+        )
+        return None
+    table = declared.domain_table[f.domain]
+    if f.table and f.table != table:
+        add(
+            f.name,
+            f"uses table {f.table!r} but domain {f.domain!r} has item table {table!r}; "
+            "a domain's history and candidate share one table.",
+            "drop `table:` (it defaults to the domain's table) or fix it.",
+        )
+    if not isinstance(f.max_len, int) or f.max_len < 1:
+        add(f.name, f"max_len must be a positive integer, got {f.max_len!r}.", "set `max_len: N`.")
+    return table
+
+
+def _pooled_table(add: _Add, f: FeatureDef, declared: _Declared) -> str | None:
+    """The table an ``id`` / ``id_list`` feature names, or None when it names none."""
+    if not f.table:
+        add(f.name, f"a {f.kind} feature needs `table:`.", f"name one of {declared.table_names}.")
+        return None
+    return f.table
+
+
+def _check_feature_counts(add: _Add, features: list[FeatureDef], domain_names: list[str]) -> None:
+    """Exactly one candidate, one history per domain, and at least one pooled feature."""
+    n_candidates = sum(1 for f in features if f.kind == "candidate")
     if n_candidates != 1:
         add(
             "features",
             f"{n_candidates} candidate features; exactly one is needed.",
             "declare one `kind: candidate`.",
         )
-    for d in domain_names:
-        n = sum(1 for f in features if f.kind == "sequence" and f.domain == d)
+    for domain in domain_names:
+        n = sum(1 for f in features if f.kind == "sequence" and f.domain == domain)
         if n != 1:
             add(
-                d,
-                f"domain {d!r} has {n} sequence features; exactly one is needed.",
+                domain,
+                f"domain {domain!r} has {n} sequence features; exactly one is needed.",
                 "declare its history once.",
             )
     if not any(f.kind in POOLED_KINDS for f in features):
         add("features", "no pooled (`id`/`id_list`) feature.", "declare at least one, e.g. the user id.")
-    for t, kinds in table_kinds.items():
+
+
+def _check_table_use(add: _Add, use: _TableUse) -> None:
+    """A table serves one collection (pooled or unpooled) and one id mapping."""
+    for table, kinds in use.kinds.items():
         if len(kinds) > 1:
             add(
-                t,
-                f"table {t!r} is used by pooled and unpooled features; TorchRec keeps them in two collections.",
+                table,
+                f"table {table!r} is used by pooled and unpooled features; TorchRec keeps them in two collections.",
                 "give the pooled features their own table.",
             )
-    for t, maps in table_mappings.items():
+    for table, maps in use.mappings.items():
         if len(maps) > 1:
-            kinds = sorted(f"{m.type}/{m.oov}" for m in maps)
-            add(t, f"features sharing table {t!r} map ids differently ({kinds}).", "use one mapping.")
+            shown = sorted(f"{m.type}/{m.oov}" for m in maps)
+            add(table, f"features sharing table {table!r} map ids differently ({shown}).", "use one mapping.")
 
 
 def load_spec(path: str | Path) -> FeatureSpec:

@@ -1,32 +1,37 @@
 """Baseline sequence encoders with the ELASTIC interface (values [sum L, D], lengths [B], candidate [B, D]
--> [B, K, D]): the quadratic self-attention reference, DIN-style target attention, and the jagged mean."""
+-> [B, K, D]): the quadratic self-attention reference (fused SDPA), DIN-style target attention, and the
+jagged mean."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from models.attention import TargetAttention, complete_offsets, recency_buckets, segment_ids
-from models.elastic import ElasticConfig, LinearDispatcher
+from crossrank.models.attention import TargetAttention, complete_offsets, recency_buckets, segment_ids
+from crossrank.models.elastic import ElasticConfig, LinearDispatcher
 
 
 class SelfAttentionEncoder(nn.Module):
     """Full softmax multi-head self-attention over the padded history (key padding mask), pre-LayerNorm
-    with FFN, then the same slot readout as ELASTIC. O(B L_max^2 D) time and O(B H L_max^2) memory: the
-    quadratic reference ELASTIC is measured against (``benchmarks/encoder_scaling.py``).
+    with FFN, then the same slot readout as ELASTIC: the quadratic-time reference ELASTIC is measured
+    against (``benchmarks/encoder_scaling.py``).
 
-    The attention is written out (scores, mask, softmax, weighted sum) as in SASRec-style rankers, so its
-    cost is that of standard self-attention, not of a fused memory-efficient kernel.
+    The attention is ``F.scaled_dot_product_attention`` with a boolean key mask, which runs a fused kernel
+    on CPU (no [B, H, L, L] score maps held): O(B L_max^2 D) time, O(B L_max D) memory, the baseline a user
+    would pick. The benchmark keeps a written-out softmax variant as a labelled reference.
+
+    Holds data-dependent code (pads to the longest history, a Python int), so it must be a leaf under
+    TorchRec's pipeline tracer; :class:`~crossrank.models.sequence.SequenceEncoders` ensures that.
 
     Args:
-        dim: D. config: :class:`~models.elastic.ElasticConfig` (heads, layers, slots, recency buckets).
+        dim: D. config: :class:`~crossrank.models.elastic.ElasticConfig` (heads, layers, slots, recency buckets).
 
     Shapes:
-        values [sum L, D], lengths [B] -> [B, K, D].
+        values [sum L, D], lengths [B], candidate [B, D] (unused) -> [B, K, D].
 
     Example::
 
@@ -54,14 +59,32 @@ class SelfAttentionEncoder(nn.Module):
         )
         self.readout = LinearDispatcher(dim, dataclasses.replace(config, num_layers=1))
 
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d) over the kept keys) v.
+
+        Args:
+            q, k, v: [B, H, L, d]. keep: [B, 1, 1, L] bool, True for the keys each query may attend to.
+
+        Returns:
+            [B, H, L, d].
+        """
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
     def attend(self, layer: int, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """One pre-LN block: x + W_O attention(LN x), then + FFN(LN .).
+
+        Args:
+            layer: block index. x: [B, L, D] padded events. pad: [B, L] bool, True for padding keys.
+
+        Returns:
+            [B, L, D].
+        """
         b, length, d = x.shape
-        q, k, v = (
-            self.qkv[layer](self.norm1[layer](x)).reshape(b, length, 3, self.heads, self.head_dim).unbind(2)
-        )
-        scores = torch.einsum("blhd,bmhd->bhlm", q, k) / math.sqrt(self.head_dim)  # [B, H, L, L]
-        scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
-        out = torch.einsum("bhlm,bmhd->blhd", torch.softmax(scores, dim=-1), v).reshape(b, length, d)
+        qkv = self.qkv[layer](self.norm1[layer](x)).reshape(b, length, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, d]
+        out = self.attention(q, k, v, ~pad[:, None, None, :]).transpose(1, 2).reshape(b, length, d)
         x = x + self.proj[layer](out)
         return x + self.ffn[layer](self.norm2[layer](x))
 
@@ -84,8 +107,14 @@ class DinEncoder(nn.Module):
     """DIN-style target attention over every raw history event (linear in L): the candidate scores each
     event with an MLP over [c, e, c*e, c-e]; softmax over the user's events; one interest (K = 1).
 
+    Data-dependent (the jagged kernels take the longest history as a Python int): a leaf under TorchRec's
+    pipeline tracer, through :class:`~crossrank.models.sequence.SequenceEncoders`.
+
     Args:
-        dim: D. config: :class:`~models.elastic.ElasticConfig` (recency buckets).
+        dim: D. config: :class:`~crossrank.models.elastic.ElasticConfig` (recency buckets).
+
+    Shapes:
+        values [sum L, D], lengths [B], candidate [B, D] -> [B, 1, D].
 
     Example::
 

@@ -17,7 +17,7 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from models.attention import (
+from crossrank.models.attention import (
     SlotMixer,
     complete_offsets,
     head_segment_offsets,

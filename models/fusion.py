@@ -3,11 +3,13 @@ with the orthogonality measure |cos(X, X')| of every direction (SPEC §4.4)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
+
+from crossrank.models.elastic import LinearDispatcher
 
 FUSIONS: tuple[str, ...] = ("gca", "cross_attention", "concat", "none")
 GATE_ACTS: tuple[str, ...] = ("sigmoid", "tanh")
@@ -34,45 +36,13 @@ class FusionConfig:
     param_matched: bool = False
 
 
-class MultiHeadCrossAttention(nn.Module):
-    """Multi-head cross-attention from queries X [B, K, D] to keys/values Y [B, M, D].
-
-    Weights are laid out as in ``torch.nn.MultiheadAttention`` (``in_proj_weight`` [3D, D], ``out_proj``),
-    written out so it stays a plain, inspectable function of its inputs.
-
-    Example::
-
-        mca = MultiHeadCrossAttention(32, 4)
-        x_prime = mca(torch.rand(8, 16, 32), torch.rand(8, 16, 32))  # [8, 16, 32]
-    """
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.heads, self.head_dim = num_heads, dim // num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        wq, wk, wv = self.in_proj_weight.chunk(3)
-        bq, bk, bv = self.in_proj_bias.chunk(3)
-        b, k, d = x.shape
-        m = y.shape[1]
-        q = nn.functional.linear(x, wq, bq).reshape(b, k, self.heads, self.head_dim)
-        kk = nn.functional.linear(y, wk, bk).reshape(b, m, self.heads, self.head_dim)
-        v = nn.functional.linear(y, wv, bv).reshape(b, m, self.heads, self.head_dim)
-        att = torch.softmax(torch.einsum("bkhd,bmhd->bhkm", q, kk) / math.sqrt(self.head_dim), dim=-1)
-        return self.out_proj(torch.einsum("bhkm,bmhd->bkhd", att, v).reshape(b, k, d))
-
-
 class GatedCrossAttention(nn.Module):
-    """GCA: X' = MHCA(LN(X), LN(Y)); g = act(W_g [X ; X'] + b_g) (a vector per slot); out = X + g * X'.
+    """GCA: X' = MHA(LN(X), LN(Y), LN(Y)); g = act(W_g [X ; X'] + b_g) (a vector per slot); out = X + g * X'.
 
-    With ``gated=False`` this is the ungated residual cross-attention X + X'. No orthogonality loss: |cos(X,
-    X')| is only measured (:func:`abs_cosine`).
+    The cross-attention is ``torch.nn.MultiheadAttention`` (``batch_first``) under the attribute
+    ``attention``, so the state-dict keys are ``attention.in_proj_weight`` [3D, D], ``attention.in_proj_bias``
+    and ``attention.out_proj.{weight,bias}``. With ``gated=False`` this is the ungated residual cross-attention
+    X + X'. No orthogonality loss: |cos(X, X')| is only measured (:func:`abs_cosine`).
 
     Args:
         dim: D. num_heads: H. gate_act: ``sigmoid`` | ``tanh``. gated: use the gate. post_norm: LayerNorm out.
@@ -94,13 +64,16 @@ class GatedCrossAttention(nn.Module):
             raise ValueError(f"unknown gate_act {gate_act!r}; known: {list(GATE_ACTS)}")
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
-        self.attention = MultiHeadCrossAttention(dim, num_heads)
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.gate = nn.Linear(2 * dim, dim) if gated else None
         self.act = torch.sigmoid if gate_act == "sigmoid" else torch.tanh
         self.post_norm = nn.LayerNorm(dim) if post_norm else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_prime = self.attention(self.norm_q(x), self.norm_kv(y))
+        kv = self.norm_kv(y)
+        x_prime = self.attention(self.norm_q(x), kv, kv, need_weights=False)[0]
         update = (
             x_prime if self.gate is None else self.act(self.gate(torch.cat([x, x_prime], dim=-1))) * x_prime
         )
@@ -176,26 +149,30 @@ class StackedElasticFusion(nn.Module):
     Holds no sharded table, so TorchRec's pipeline tracer treats it as one leaf.
 
     Args:
-        dispatchers: each domain's :class:`~models.elastic.LinearDispatcher` (shared with its encoder).
+        dispatchers: each domain's :class:`~crossrank.models.elastic.LinearDispatcher` (shared with its encoder).
         fusions: one :class:`CrossDomainFusion` per inner layer (``num_layers - 1``).
 
     Shapes:
         values: list of N [sum L_d, D]; lengths: list of N [B] -> list of N [B, K, D].
     """
 
-    def __init__(self, dispatchers: list[nn.Module], fusions: list[CrossDomainFusion]) -> None:
+    def __init__(self, dispatchers: list[LinearDispatcher], fusions: list[CrossDomainFusion]) -> None:
         super().__init__()
         self.dispatchers = nn.ModuleList(dispatchers)
         self.fusions = nn.ModuleList(fusions)
 
+    def _dispatchers(self) -> list[LinearDispatcher]:
+        # nn.ModuleList yields plain Modules to the type checker; these are the dispatchers given above.
+        return cast(list[LinearDispatcher], list(self.dispatchers))
+
     def forward(self, values: list[torch.Tensor], lengths: list[torch.Tensor]) -> list[torch.Tensor]:
-        states = [disp.begin(v, n) for disp, v, n in zip(self.dispatchers, values, lengths, strict=True)]
-        slots = [disp.compress(0, st) for disp, st in zip(self.dispatchers, states, strict=True)]
+        dispatchers = self._dispatchers()
+        states = [disp.begin(v, n) for disp, v, n in zip(dispatchers, values, lengths, strict=True)]
+        slots = [disp.compress(0, st) for disp, st in zip(dispatchers, states, strict=True)]
         for layer, fusion in enumerate(self.fusions, start=1):
             fused, _ = fusion(slots)
             states = [
-                disp.refine(layer - 1, st, f)
-                for disp, st, f in zip(self.dispatchers, states, fused, strict=True)
+                disp.refine(layer - 1, st, f) for disp, st, f in zip(dispatchers, states, fused, strict=True)
             ]
-            slots = [disp.compress(layer, st) for disp, st in zip(self.dispatchers, states, strict=True)]
+            slots = [disp.compress(layer, st) for disp, st in zip(dispatchers, states, strict=True)]
         return slots

@@ -12,11 +12,11 @@ from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch, SparseArc
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from features.spec import FeatureSpec
-from models.attention import TargetAttention, segment_ids
-from models.elastic import ElasticConfig
-from models.fusion import CrossDomainFusion, FusionConfig, StackedElasticFusion
-from models.sequence import build_sequence_encoder
+from crossrank.features.spec import FeatureSpec
+from crossrank.models.attention import TargetAttention, segment_ids
+from crossrank.models.elastic import ElasticConfig
+from crossrank.models.fusion import CrossDomainFusion, FusionConfig, StackedElasticFusion
+from crossrank.models.sequence import SequenceEncoders, build_sequence_encoder
 
 
 @dataclass
@@ -27,7 +27,7 @@ class RankerConfig:
         dense_arch_layer_sizes: hidden sizes of the dense MLP; a last layer of size D is appended.
         over_arch_layer_sizes: sizes of the over arch MLP; must end with 1 (the logit).
         sequence_encoder: the per-domain history encoder: ``elastic`` (default), ``self_attention``, ``din``
-            or ``mean`` (``models.sequence.SEQUENCE_ENCODERS``).
+            or ``mean`` (``crossrank.models.sequence.SEQUENCE_ENCODERS``).
         encoder: the encoders' hyper-parameters (slots, heads, layers, memory bank).
         fusion: cross-domain fusion of the interests (GCA and its ablations).
     """
@@ -74,7 +74,7 @@ class CrossDomainRanker(nn.Module):
         self.embedding_collection = EmbeddingCollection(tables=spec.embedding_configs(), device=device)
         n_dense = max(1, len(spec.dense_features))
         self.dense_arch = DenseArch(n_dense, [*config.dense_arch_layer_sizes, dim])
-        self.sequence_encoders = nn.ModuleDict(
+        self.sequence_encoders = SequenceEncoders(
             {
                 d: build_sequence_encoder(config.sequence_encoder, dim, config.encoder, d, device)
                 for d in self.domains
@@ -92,9 +92,7 @@ class CrossDomainRanker(nn.Module):
                 CrossDomainFusion(self.domains, dim, heads, config.fusion)
                 for _ in range(config.encoder.num_layers - 1)
             ]
-            self.stacked = StackedElasticFusion(
-                [self.sequence_encoders[d].dispatcher for d in self.domains], inner
-            )
+            self.stacked = StackedElasticFusion(self.sequence_encoders.dispatchers(), inner)
         self.readouts = nn.ModuleDict({d: TargetAttention(dim) for d in self.domains})
         num_sparse = self.sparse_arch.F + 1 + len(self.domains)
         self.interaction = InteractionArch(num_sparse_features=num_sparse)
@@ -127,15 +125,13 @@ class CrossDomainRanker(nn.Module):
             cand = jagged[cand_key]
             candidate = candidate.index_add(0, segment_ids(cand.lengths()), cand.values())
         hists = [jagged[key] for key in self.history_keys]
+        values, lengths = [h.values() for h in hists], [h.lengths() for h in hists]
         # Outputs of leaf modules are fx proxies under TorchRec's pipeline tracer: index them, never unpack.
+        # The encoders are called as one module so that the tracer keeps them a leaf (SequenceEncoders).
         if self.stacked is None:
-            interests = [
-                self.sequence_encoders[d](h.values(), h.lengths(), candidate)
-                for d, h in zip(self.domains, hists, strict=True)
-            ]
+            interests = self.sequence_encoders(values, lengths, candidate)
         else:  # layer-wise cross-domain fusion, then each domain's memory bank
-            slots = self.stacked([h.values() for h in hists], [h.lengths() for h in hists])
-            interests = [self.sequence_encoders[d].read_memory(slots[i]) for i, d in enumerate(self.domains)]
+            interests = self.sequence_encoders.read_memory(self.stacked(values, lengths))
         fusion = self.fusion(interests)
         fused, ortho = fusion[0], fusion[1]
         per_domain = [self.readouts[d](candidate, fused[i]) for i, d in enumerate(self.domains)]

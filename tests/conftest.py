@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.distributed import launch_local
-from pipeline.synthetic import SyntheticConfig, prepare_synthetic
+from crossrank.pipeline.core.distributed import launch_local
+from crossrank.pipeline.prepare.synthetic import SyntheticConfig, prepare_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

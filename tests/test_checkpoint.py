@@ -19,14 +19,15 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from features.errors import InputError
-from pipeline import checkpoint as ckpt_mod
-from pipeline.checkpoint import complete_checkpoints, latest_checkpoint, resolve_checkpoint
-from pipeline.config import load_config
-from pipeline.distributed import init_distributed
-from pipeline.reader import ParquetBatchReader
-from pipeline.score import load_for_inference, run_score, score
-from pipeline.train import train
+from crossrank.features.errors import InputError
+from crossrank.pipeline.core.distributed import init_distributed
+from crossrank.pipeline.reading.reader import ParquetBatchReader
+from crossrank.pipeline.scoring.model import load_for_inference
+from crossrank.pipeline.scoring.score import run_score, score
+from crossrank.pipeline.training import checkpoint as ckpt_mod
+from crossrank.pipeline.training.checkpoint import complete_checkpoints, latest_checkpoint, resolve_checkpoint
+from crossrank.pipeline.training.config import load_config
+from crossrank.pipeline.training.loop import train
 from tests.conftest import launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def test_scoring_killed_midway_and_restarted_scores_every_row_once(
     loaded = load_for_inference(single_run, ctx)
     source = small_synthetic / "train"  # several row groups = several units
     out = tmp_path / "out"
-    import pipeline.score as score_mod
+    import crossrank.pipeline.scoring.score as score_mod
 
     calls = {"n": 0}
     original = score_mod.write_json_atomic
@@ -229,7 +230,7 @@ def _torchrun(run_dir: Path, data: Path) -> subprocess.Popen[str]:
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "pipeline.cli",
+        "crossrank.pipeline.cli",
         "train",
     ]
     for o in overrides(data, run_dir, "train.checkpoint_every=5", "data.batch_size=64"):

@@ -9,15 +9,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import load_config
+from crossrank.pipeline.cli import main
+from crossrank.pipeline.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+        [sys.executable, "-m", "crossrank.pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
 
 
@@ -53,7 +57,7 @@ def test_prepare_movielens_nonexistent_source(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_config_errors(tmp_path: Path) -> None:
-    from features.errors import InputError
+    from crossrank.features.errors import InputError
 
     with pytest.raises(InputError, match="config file not found"):
         load_config(tmp_path / "none.yaml")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.attention import TargetAttention, recency_buckets
-from models.baselines import DinEncoder, SelfAttentionEncoder
-from models.elastic import ElasticConfig, ElasticEncoder, LinearDispatcher, ProductKeyMemory
+from crossrank.models.attention import TargetAttention, recency_buckets
+from crossrank.models.baselines import DinEncoder, SelfAttentionEncoder
+from crossrank.models.elastic import ElasticConfig, ElasticEncoder, LinearDispatcher, ProductKeyMemory
 
 D = 16
 
@@ -114,7 +114,7 @@ def test_self_attention_ignores_padded_positions() -> None:
 
 
 def test_self_attention_matches_torch_multihead_attention() -> None:
-    """The written-out quadratic attention is standard MHA (same weights, key padding mask)."""
+    """The SDPA self-attention block is standard MHA (same weights, key padding mask)."""
     torch.manual_seed(0)
     enc = SelfAttentionEncoder(D, ElasticConfig(num_slots=4, num_heads=2))
     values, lengths = jagged_input([5, 2, 7])
@@ -201,7 +201,7 @@ def test_elastic_encoder_output_shape_and_memory_sizes() -> None:
 @pytest.mark.parametrize("name", ["elastic", "self_attention", "din", "mean"])
 def test_every_encoder_handles_a_batch_without_any_event(name: str) -> None:
     """Padding batches (no events at all) happen on ranks that ran out of data."""
-    from models.sequence import build_sequence_encoder
+    from crossrank.models.sequence import build_sequence_encoder
 
     enc = build_sequence_encoder(name, D, ElasticConfig(num_slots=4, num_heads=2, num_layers=2), "A")
     out = enc(torch.zeros(0, D), torch.zeros(5, dtype=torch.long), torch.randn(5, D))

@@ -1,4 +1,4 @@
-"""Tests of ``features.check`` (data against a spec), ``features.idmap`` and ``crossrank features check``."""
+"""Tests of ``crossrank.features.check`` (data against a spec), ``crossrank.features.idmap`` and ``crossrank features check``."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from features.check import DataReport, check_data, list_parquet_files, schema_problems
-from features.errors import InputError
-from features.idmap import map_ids
-from features.spec import FeatureSpec, IdMapping, TableSpec, builtin_spec_path, load_spec
-from pipeline.cli import main
+from crossrank.features.check import DataReport, check_data, schema_problems
+from crossrank.features.errors import InputError
+from crossrank.features.files import list_parquet_files
+from crossrank.features.idmap import map_ids
+from crossrank.features.spec import FeatureSpec, IdMapping, TableSpec, builtin_spec_path, load_spec
+from crossrank.pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = builtin_spec_path("synthetic")
@@ -313,7 +314,7 @@ def test_corrupt_file(tmp_path: Path, spec: FeatureSpec) -> None:
 
 # ---- map_ids -----------------------------------------------------------------------------------------------
 
-# The other process runs the same map_ids. torchrec is stubbed there (features.spec only needs four of its
+# The other process runs the same map_ids. torchrec is stubbed there (crossrank.features.spec only needs four of its
 # names at import time) to spare the test several seconds of importing it; map_ids never touches it.
 HASH_SCRIPT = textwrap.dedent(
     """
@@ -326,8 +327,8 @@ HASH_SCRIPT = textwrap.dedent(
                         "torchrec.modules": types.ModuleType("torchrec.modules"),
                         "torchrec.modules.embedding_configs": stub})
     import numpy as np, pyarrow as pa
-    from features.idmap import map_ids
-    from features.spec import IdMapping, TableSpec
+    from crossrank.features.idmap import map_ids
+    from crossrank.features.spec import IdMapping, TableSpec
     t = TableSpec("t", 1000, 8)
     ints, _ = map_ids(np.array(json.loads(sys.argv[1]), np.int64), t, IdMapping("hash"),
                       where="w", feature="f", spec_path="s")

@@ -10,17 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from features.spec import load_spec
-from models.fusion import (
-    CrossDomainFusion,
-    FusionConfig,
-    GatedCrossAttention,
-    MultiHeadCrossAttention,
-    abs_cosine,
-)
-from models.ranker import RankerConfig, build_ranker, dense_parameters
-from pipeline.config import load_config
-from pipeline.train import train
+from crossrank.features.spec import load_spec
+from crossrank.models.fusion import CrossDomainFusion, FusionConfig, GatedCrossAttention, abs_cosine
+from crossrank.models.ranker import RankerConfig, build_ranker, dense_parameters
+from crossrank.pipeline.training.config import load_config
+from crossrank.pipeline.training.loop import train
 from tests.conftest import launch
 
 SPEC = Path(__file__).resolve().parents[1] / "features" / "specs" / "synthetic.yaml"
@@ -45,16 +39,33 @@ def test_ungated_cross_attention_adds_x_prime() -> None:
     torch.testing.assert_close(out, x + x_prime)
 
 
-def test_cross_attention_matches_torch_multihead_attention() -> None:
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_gca_equals_gated_residual_of_a_separate_multihead_attention(act: str) -> None:
+    """out = X + act(W_g [X ; X'] + b_g) * X', X' = MHA(LN X, LN Y, LN Y), rebuilt from copied weights."""
     torch.manual_seed(0)
-    mca = MultiHeadCrossAttention(D, 4)
-    ref = nn.MultiheadAttention(D, 4, batch_first=True)
-    ref.in_proj_weight.data.copy_(mca.in_proj_weight)
-    ref.in_proj_bias.data.copy_(mca.in_proj_bias)
-    ref.out_proj.weight.data.copy_(mca.out_proj.weight)
-    ref.out_proj.bias.data.copy_(mca.out_proj.bias)
+    gca = GatedCrossAttention(D, 4, gate_act=act)
+    mha = nn.MultiheadAttention(D, 4, batch_first=True)
+    mha.load_state_dict(gca.attention.state_dict())
     x, y = torch.randn(4, 8, D), torch.randn(4, 16, D)
-    torch.testing.assert_close(mca(x, y), ref(x, y, y, need_weights=False)[0])
+    ln_x = nn.functional.layer_norm(x, (D,), gca.norm_q.weight, gca.norm_q.bias)
+    ln_y = nn.functional.layer_norm(y, (D,), gca.norm_kv.weight, gca.norm_kv.bias)
+    x_prime = mha(ln_x, ln_y, ln_y, need_weights=False)[0]
+    gate = nn.functional.linear(torch.cat([x, x_prime], dim=-1), gca.gate.weight, gca.gate.bias)
+    gate = torch.sigmoid(gate) if act == "sigmoid" else torch.tanh(gate)
+    out, got_prime = gca(x, y)
+    torch.testing.assert_close(got_prime, x_prime)
+    torch.testing.assert_close(out, x + gate * x_prime)
+
+
+def test_gca_checkpoint_keys_keep_the_multihead_attention_layout() -> None:
+    """Checkpoints written before GCA used nn.MultiheadAttention load unchanged: same keys and shapes."""
+    shapes = {k: tuple(v.shape) for k, v in GatedCrossAttention(D, 4).state_dict().items()}
+    assert {k: v for k, v in shapes.items() if k.startswith("attention.")} == {
+        "attention.in_proj_weight": (3 * D, D),
+        "attention.in_proj_bias": (3 * D,),
+        "attention.out_proj.weight": (D, D),
+        "attention.out_proj.bias": (D,),
+    }
 
 
 def test_orthogonality_is_zero_for_orthogonal_and_one_for_parallel() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from pipeline.metrics import compute_metrics, format_metrics_table
+from crossrank.pipeline.evaluation.metrics import compute_metrics, format_metrics_table
 
 
 def brute_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from features.spec import load_spec
-from models.attention import segment_ids
-from models.baselines import MeanSequenceEncoder
-from models.elastic import ElasticConfig
-from models.ranker import CrossDomainRanker, RankerConfig, RankerTrain
-from models.sequence import build_sequence_encoder
-from pipeline.reader import ParquetBatchReader
+from crossrank.features.spec import load_spec
+from crossrank.models.attention import segment_ids
+from crossrank.models.baselines import MeanSequenceEncoder
+from crossrank.models.elastic import ElasticConfig
+from crossrank.models.ranker import CrossDomainRanker, RankerConfig, RankerTrain
+from crossrank.models.sequence import build_sequence_encoder
+from crossrank.pipeline.reading.reader import ParquetBatchReader
 
 SPEC = Path(__file__).resolve().parents[1] / "features" / "specs" / "synthetic.yaml"
 

@@ -1,4 +1,4 @@
-"""Tests for ``pipeline.movielens`` (``crossrank prepare movielens``) and ``pipeline.parquet_out``.
+"""Tests for ``crossrank.pipeline.prepare.movielens`` (``crossrank prepare movielens``) and ``crossrank.pipeline.core.atomic``.
 
 The real-data tests read GroupLens MovieLens from ``../shared/data`` (never copied into the repo) and check
 the output against references computed here independently with pandas (a different method from the preparer's:
@@ -19,16 +19,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.movielens as ml
-from features.errors import InputError
-from pipeline.movielens import (
+import crossrank.pipeline.prepare.movielens.rows as ml_rows
+from crossrank.features.errors import InputError
+from crossrank.pipeline.core.atomic import AtomicParquetWriter, write_parquet_atomic
+from crossrank.pipeline.prepare.movielens import (
     DEFAULT_DOMAINS,
     PrepareSummary,
     load_domain_map,
     output_schema,
     prepare_movielens,
 )
-from pipeline.parquet_out import AtomicParquetWriter, write_parquet_atomic
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ML100K = DATA / "ml-100k"
@@ -286,7 +286,7 @@ def test_chunked_build_gives_identical_files(
     ml100k: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Tiny chunks: chunk boundaries must not change a single value, nor the row group layout.
-    monkeypatch.setattr(ml, "_CHUNK_VALUES", 3_000)
+    monkeypatch.setattr(ml_rows, "_CHUNK_VALUES", 3_000)
     prepare_movielens(ML100K, tmp_path, max_len=MAX_LEN, row_group_size=ROW_GROUP)
     for split in SPLITS:
         chunked = pq.ParquetFile(tmp_path / split / "part-00000.parquet")
@@ -680,7 +680,7 @@ def test_bad_options(csv_dir: Path, tmp_path: Path, option: str, value: int) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# pipeline.parquet_out
+# crossrank.pipeline.core.atomic
 # ----------------------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from pipeline.ranking import prepare_ranking, ranking_metrics
+from crossrank.pipeline.evaluation.ranking import ranking_metrics
+from crossrank.pipeline.prepare.ranking_set import prepare_ranking
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from features.errors import InputError
-from features.spec import SpecError, load_spec
-from pipeline.reader import ParquetBatchReader, assign_units, discover_units, keep_last
+from crossrank.features.errors import InputError
+from crossrank.features.spec import SpecError, load_spec
+from crossrank.pipeline.reading.reader import ParquetBatchReader, assign_units, discover_units, keep_last
 
 SPEC = Path(__file__).resolve().parents[1] / "features" / "specs" / "synthetic.yaml"
 
@@ -196,7 +196,7 @@ def test_shuffle_differs_per_epoch_and_repeats_per_seed(small_synthetic: Path) -
 
 
 def test_assign_units_balances_rows() -> None:
-    from pipeline.reader import Unit
+    from crossrank.pipeline.reading.reader import Unit
 
     units = [Unit(Path("f"), i, n) for i, n in enumerate([100, 90, 50, 40, 10])]
     shares = assign_units(units, 2)

@@ -1,4 +1,4 @@
-"""Tests of ``features.spec``: the shipped specs, their TorchRec configs, and every validation problem."""
+"""Tests of ``crossrank.features.spec``: the shipped specs, their TorchRec configs, and every validation problem."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import yaml
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 
-from features.errors import InputError
-from features.spec import (
+from crossrank.features.errors import InputError
+from crossrank.features.spec import (
     IdMapping,
     Problem,
     SpecError,

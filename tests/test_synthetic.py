@@ -1,4 +1,4 @@
-"""Tests of ``pipeline.synthetic``: the data contract, determinism, histories and the oracle."""
+"""Tests of ``crossrank.pipeline.prepare.synthetic``: the data contract, determinism, histories and the oracle."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from features.errors import InputError
-from pipeline.auc import roc_auc
-from pipeline.synthetic import (
+from crossrank.features.errors import InputError
+from crossrank.pipeline.core.auc import roc_auc
+from crossrank.pipeline.prepare.synthetic import (
     SPLIT_BOUNDS,
     SPLITS,
     TIME_SCALE,
@@ -310,11 +310,11 @@ def test_bad_arguments_raise_input_error(kwargs: dict, name: str, tmp_path: Path
 
 
 def test_failure_leaves_no_partial_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.synthetic as synthetic
+    import crossrank.pipeline.prepare.synthetic.job as synthetic_job
 
     config = SyntheticConfig(**SMALL, chunk_values=3000)
     prepare_synthetic(tmp_path, config)
-    draw, calls = synthetic._draw_rows, []
+    draw, calls = synthetic_job._draw_rows, []
 
     def failing_draw(*args: object, **kwargs: object) -> object:
         calls.append(1)
@@ -322,7 +322,7 @@ def test_failure_leaves_no_partial_files(tmp_path: Path, monkeypatch: pytest.Mon
             raise RuntimeError("boom")
         return draw(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "_draw_rows", failing_draw)
+    monkeypatch.setattr(synthetic_job, "_draw_rows", failing_draw)
     with pytest.raises(RuntimeError, match="boom"):
         prepare_synthetic(tmp_path, config)
     leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file()]

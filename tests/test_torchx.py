@@ -17,7 +17,7 @@ class TrainComponentTest(ComponentTestCase):
         cmd = role.args[1]
         assert role.entrypoint == "bash" and role.num_replicas == 2
         assert "torchrun" in cmd and "--nproc_per_node 4" in cmd and "--nnodes 2" in cmd
-        assert "-m pipeline.cli train --config configs/ml1m.yaml --set train.epochs=2" in cmd
+        assert "-m crossrank.pipeline.cli train --config configs/ml1m.yaml --set train.epochs=2" in cmd
         assert role.resource.gpu == 8 and role.resource.memMB == 4096
 
     def test_single_node_uses_a_free_port(self) -> None:
@@ -32,12 +32,15 @@ class ScoreAndEvaluateComponentTest(ComponentTestCase):
 
     def test_score_command(self) -> None:
         cmd = crossrank.score("runs/x", "in/", "out/", passthrough="user_id,label", j="2x8").roles[0].args[1]
-        assert "-m pipeline.cli score --checkpoint runs/x --input in/ --output out/ --batch-size 4096" in cmd
+        assert (
+            "-m crossrank.pipeline.cli score --checkpoint runs/x --input in/ --output out/ --batch-size 4096"
+            in cmd
+        )
         assert "--passthrough user_id,label" in cmd and "--nnodes 2" in cmd
 
     def test_evaluate_command(self) -> None:
         cmd = crossrank.evaluate("runs/x", "data/test", ranking="data/ranking").roles[0].args[1]
         assert (
-            "-m pipeline.cli evaluate --checkpoint runs/x --data data/test --batch-size 4096 --ranking data/ranking"
+            "-m crossrank.pipeline.cli evaluate --checkpoint runs/x --data data/test --batch-size 4096 --ranking data/ranking"
             in cmd
         )

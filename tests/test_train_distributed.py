@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
-from features.spec import load_spec
-from pipeline.config import load_config
-from pipeline.reader import ParquetBatchReader
-from pipeline.train import train
+from crossrank.features.spec import load_spec
+from crossrank.pipeline.reading.reader import ParquetBatchReader
+from crossrank.pipeline.training.config import load_config
+from crossrank.pipeline.training.loop import train
 from tests.conftest import launch
 
 SPEC = Path(__file__).resolve().parents[1] / "features" / "specs" / "synthetic.yaml"
@@ -84,3 +86,69 @@ def test_single_process_without_launcher(small_synthetic: Path, tmp_path: Path) 
     result = train(job(small_synthetic, tmp_path / "run", "train.epochs=1", "train.max_steps=5"))
     assert result.steps == 5 and result.world_size == 1
     assert 0.0 < result.test["auc"] < 1.0
+
+
+# (model.sequence_encoder, extra overrides): every selectable encoder, and ELASTIC without its memory tables
+# (then no encoder module holds a table, like DIN and self-attention).
+ENCODER_RUNS: list[tuple[str, list[str]]] = [
+    ("elastic", []),
+    ("elastic", ["model.encoder.memory_size=0"]),
+    ("self_attention", []),
+    ("din", []),
+    ("mean", []),
+]
+FEATURE_TABLES = ["model.embedding_collection", "model.sparse_arch.embedding_bag_collection"]
+
+
+def train_every_encoder(data: str, run_root: str) -> list[dict[str, Any]]:
+    """One rank: each encoder trains 3 steps through ``train()`` (TrainPipelineSparseDist); records the loss
+    and which sharded modules the pipeline's ``_rewrite_model`` pipelined or left alone."""
+    from torchrec.distributed.train_pipeline import train_pipelines
+
+    rewrites: list[dict[str, list[str]]] = []
+    rewrite = train_pipelines._rewrite_model
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = rewrite(*args, **kwargs)
+        rewrites.append(
+            {"pipelined": sorted(m.forward.name for m in out[0]), "not_pipelined": sorted(out[4])}
+        )
+        return out
+
+    results = []
+    with mock.patch.object(train_pipelines, "_rewrite_model", spy):
+        for i, (encoder, extra) in enumerate(ENCODER_RUNS):
+            cfg = load_config(
+                None,
+                [
+                    f"data.spec={SPEC}",
+                    f"data.train={data}/train",
+                    "data.batch_size=64",
+                    "train.epochs=1",
+                    "train.max_steps=3",
+                    "train.log_every=1",
+                    "model.encoder.memory_size=256",
+                    f"model.sequence_encoder={encoder}",
+                    f"run_dir={run_root}/{i}",
+                    *extra,
+                ],
+            )
+            result = train(cfg)
+            results.append({"steps": result.steps, "losses": result.loss_curve, **rewrites[-1]})
+    return results
+
+
+def test_every_sequence_encoder_trains_pipelined_on_two_processes(
+    small_synthetic: Path, tmp_path: Path
+) -> None:
+    """Each encoder passes the pipeline's fx trace, trains with finite loss, and the feature tables stay
+    pipelined; ELASTIC's memory tables read ids computed in the forward, so they cannot be."""
+    out = launch(2, tmp_path, train_every_encoder, str(small_synthetic), str(tmp_path))
+    for (encoder, extra), rank0, rank1 in zip(ENCODER_RUNS, out[0], out[1], strict=True):
+        name = f"{encoder} {extra}"
+        assert rank0["steps"] == rank1["steps"] == 3, name
+        assert len(rank0["losses"]) == 3 and all(math.isfinite(v) for v in rank0["losses"] + rank1["losses"])
+        assert rank0["pipelined"] == rank1["pipelined"] == FEATURE_TABLES, name
+        with_memory = encoder == "elastic" and not extra
+        memories = [f"model.sequence_encoders.{d}.memory.values" for d in "AB"] if with_memory else []
+        assert rank0["not_pipelined"] == memories, name

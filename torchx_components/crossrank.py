@@ -1,7 +1,7 @@
 """TorchX components that launch crossrank jobs, unchanged, on ``local_cwd``, Kubernetes or Slurm.
 
 This file imports only TorchX: TorchX 0.7 loads a component file by path without its package, so it must
-not import crossrank's own modules. The jobs themselves run ``python -m pipeline.cli`` inside the image
+not import crossrank's own modules. The jobs themselves run ``python -m crossrank.pipeline.cli`` inside the image
 (or the current directory for ``local_cwd``).
 
 Examples::
@@ -26,8 +26,8 @@ def _set_args(overrides: Tuple[str, ...]) -> list[str]:
 
 
 def _ddp(cli_args: List[str], **launch: object) -> specs.AppDef:
-    """``python -m pipeline.cli CLI_ARGS`` on every process of a ``dist.ddp`` job (torchrun inside)."""
-    return dist.ddp(*cli_args, m="pipeline.cli", **launch)  # type: ignore[arg-type]
+    """``python -m crossrank.pipeline.cli CLI_ARGS`` on every process of a ``dist.ddp`` job (torchrun inside)."""
+    return dist.ddp(*cli_args, m="crossrank.pipeline.cli", **launch)
 
 
 def train(
@@ -119,17 +119,8 @@ def score(
         rdzv_port: rank 0's rendezvous port (multi-node)
         mounts: volume mounts, e.g. type=bind,src=/data,dst=/data
     """
-    args = [
-        "score",
-        "--checkpoint",
-        checkpoint,
-        "--input",
-        input,
-        "--output",
-        output,
-        "--batch-size",
-        str(batch_size),
-    ]
+    args = ["score", "--checkpoint", checkpoint, "--input", input, "--output", output]
+    args += ["--batch-size", str(batch_size)]
     if passthrough:
         args += ["--passthrough", passthrough]
     return _ddp(

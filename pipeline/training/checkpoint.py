@@ -33,8 +33,8 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from features.errors import InputError
-from pipeline.distributed import DistContext
+from crossrank.features.errors import InputError
+from crossrank.pipeline.core.distributed import DistContext
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -84,9 +84,9 @@ class SafeFileSystemReader(FileSystemReader):
             metadata = _RestrictedUnpickler(io.BytesIO(f.read())).load()
         if not isinstance(metadata, Metadata):
             raise pickle.UnpicklingError("checkpoint metadata is not DCP Metadata")
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
+        storage_meta = getattr(metadata, "storage_meta", None) or StorageMeta()
+        storage_meta.load_id = self.load_id
+        metadata.storage_meta = storage_meta
         return metadata
 
 

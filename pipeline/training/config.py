@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
-from features.errors import InputError
-from models.fusion import FUSIONS, GATE_ACTS, PLACEMENTS
-from models.ranker import RankerConfig
-from models.sequence import SEQUENCE_ENCODERS
+from crossrank.features.errors import InputError
+from crossrank.models.fusion import FUSIONS, GATE_ACTS, PLACEMENTS
+from crossrank.models.ranker import RankerConfig
+from crossrank.models.sequence import SEQUENCE_ENCODERS
 
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
+# ``{date}`` or ``{date-N}`` (N days before data.date) in paths of a scheduled job.
+# Validation metrics that can pick the best checkpoint, and whether higher is better.
+SELECT_METRICS: dict[str, bool] = {"auc": True, "ne": False, "logloss": False}
+DATE_TEMPLATE = re.compile(r"\{date(?:-(\d+))?\}")
 
 
 @dataclass
@@ -25,23 +31,28 @@ class DataConfig:
 
     Args:
         spec: feature spec YAML.
-        train / valid / test: Parquet file or folder per split (valid/test may be empty to skip).
+        train / valid / test: per split, a Parquet file, a folder, a glob pattern (``events/*/part-*.parquet``)
+            or a list of them (valid/test may be empty to skip). ``{date}`` and ``{date-N}`` (N days earlier)
+            are filled from ``date``, e.g. ``events/date={date}``.
         batch_size: rows per batch per rank.
         eval_batch_size: rows per batch per rank in evaluation.
         shuffle_units: row groups mixed together when shuffling training rows.
         ranking: the sampled ranking protocol's data (``crossrank prepare ranking``), for HR@10 / NDCG@10.
         ranking_group_size: rows per ranking group (1 positive + negatives).
+        date: the day a scheduled job runs for (``YYYY-MM-DD``); fills ``{date}`` / ``{date-N}`` in the data
+            paths, ``run_dir`` and ``train.init_from``.
     """
 
     spec: str = "features/specs/synthetic.yaml"
-    train: str = ""
-    valid: str = ""
-    test: str = ""
+    train: str | list[str] = ""
+    valid: str | list[str] = ""
+    test: str | list[str] = ""
     batch_size: int = 512
     eval_batch_size: int = 2048
     shuffle_units: int = 4
     ranking: str = ""
     ranking_group_size: int = 100
+    date: str = ""
 
 
 @dataclass
@@ -59,6 +70,17 @@ class TrainConfig:
         keep_checkpoints: complete checkpoints kept in ``run_dir/checkpoints``.
         resume: ``auto`` (continue from the run folder's latest complete checkpoint if there is one),
             ``never``, or the path of a checkpoint / run folder to continue from.
+        init_from: warm start: load the model of another run's checkpoint (or run folder: its best, else
+            latest) into this new run; step, epoch, reader position and metrics start fresh. Ignored when
+            the run resumes itself.
+        init_optimizer: with ``init_from``, load the optimizer state too.
+        init_strict: with ``init_from``, any difference between the checkpoint and the model is an error.
+        select_metric: validation metric that picks the best checkpoint (``auc``, ``ne``, ``logloss``,
+            ``auc/<domain>``); higher is better for AUCs, lower for the others.
+        early_stop_patience: stop after this many validation rounds without a better ``select_metric``
+            (0: never stop early).
+        validate_every: also validate every N steps (0: only at epoch ends).
+        tensorboard: write scalars to ``run_dir/tensorboard`` (rank 0).
     """
 
     epochs: int = 1
@@ -71,6 +93,13 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
     resume: str = "auto"
+    init_from: str = ""
+    init_optimizer: bool = False
+    init_strict: bool = False
+    select_metric: str = "auc"
+    early_stop_patience: int = 0
+    validate_every: int = 0
+    tensorboard: bool = True
 
 
 @dataclass
@@ -86,8 +115,21 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
+def _coerce_paths(value: Any, where: str) -> str | list[str]:
+    """A path field: one string, or a list of strings (an override ``[a, b]`` is parsed as YAML)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        value = yaml.safe_load(value)
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    raise InputError(
+        f"{where} = {value!r} is not a path or a list of paths.", fix="e.g. data/train or [a/, b/*.parquet]."
+    )
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Parse override strings and check YAML values against the field type."""
+    if typ == str | list[str]:
+        return _coerce_paths(value, where)
     if isinstance(value, str) and typ is not str:
         value = yaml.safe_load(value)
     ok = {
@@ -178,8 +220,47 @@ def config_from_dict(raw: dict[str, Any], where: str, overrides: list[str] | Non
         )
     except InputError as e:
         raise InputError(e.what, where=where, fix=e.fix) from None
+    _fill_dates(cfg, where)
     _validate(cfg, where)
     return cfg
+
+
+def fill_date(text: str, date: datetime.date | None, where: str) -> str:
+    """``{date}`` / ``{date-N}`` in ``text`` replaced by ISO dates (``date`` minus N days)."""
+
+    def day(m: re.Match[str]) -> str:
+        if date is None:
+            raise InputError(
+                f"{where} = {text!r} holds a {{date}} template but data.date is not set.",
+                fix="pass --set data.date=YYYY-MM-DD (the day the job runs for).",
+            )
+        return (date - datetime.timedelta(days=int(m.group(1) or 0))).isoformat()
+
+    return DATE_TEMPLATE.sub(day, text)
+
+
+def _fill_dates(cfg: JobConfig, where: str) -> None:
+    """Fill the date templates of every path-like field in place."""
+    date = None
+    if cfg.data.date:
+        try:
+            date = datetime.date.fromisoformat(cfg.data.date)
+        except ValueError:
+            raise InputError(
+                f"data.date {cfg.data.date!r} is not a date.", where=where, fix="use YYYY-MM-DD."
+            ) from None
+    for name in ("train", "valid", "test"):
+        value: str | list[str] = getattr(cfg.data, name)
+        filled = (
+            fill_date(value, date, f"data.{name}")
+            if isinstance(value, str)
+            else [fill_date(v, date, f"data.{name}") for v in value]
+        )
+        setattr(cfg.data, name, filled)
+    cfg.data.ranking = fill_date(cfg.data.ranking, date, "data.ranking")
+    cfg.run_dir = fill_date(cfg.run_dir, date, "run_dir")
+    cfg.train.init_from = fill_date(cfg.train.init_from, date, "train.init_from")
+    cfg.train.resume = fill_date(cfg.train.resume, date, "train.resume")
 
 
 def _validate(cfg: JobConfig, where: str) -> None:
@@ -207,6 +288,16 @@ def _validate(cfg: JobConfig, where: str) -> None:
             bad(f"data.{name} must be >= 1.", f"set data.{name}.")
     if cfg.train.epochs < 1:
         bad("train.epochs must be >= 1.", "set train.epochs.")
+    for name in ("early_stop_patience", "validate_every"):
+        if getattr(cfg.train, name) < 0:
+            bad(f"train.{name} must be >= 0.", f"set train.{name} (0 turns it off).")
+    if cfg.train.select_metric not in SELECT_METRICS and not cfg.train.select_metric.startswith("auc/"):
+        bad(
+            f"train.select_metric {cfg.train.select_metric!r} is unknown.",
+            f"use one of {list(SELECT_METRICS)} or auc/<domain>.",
+        )
+    if (cfg.train.init_optimizer or cfg.train.init_strict) and not cfg.train.init_from:
+        bad("train.init_optimizer / init_strict apply to a warm start.", "set train.init_from too.")
     fusion = cfg.model.fusion
     for name, allowed in (("kind", FUSIONS), ("gate_act", GATE_ACTS), ("placement", PLACEMENTS)):
         if getattr(fusion, name) not in allowed:

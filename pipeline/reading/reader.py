@@ -1,4 +1,4 @@
-"""Streaming Parquet -> :class:`~pipeline.batch.Batch`, each rank reading a disjoint share of row groups.
+"""Streaming Parquet -> :class:`~crossrank.pipeline.reading.batch.Batch`, each rank reading a disjoint share of row groups.
 
 The unit of work is one (file, row group). Units are balanced across ranks by row count; each unit is
 converted to a columnar :class:`Block` in one vectorised pass (ids mapped per the spec, histories truncated
@@ -21,11 +21,12 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from features.check import list_parquet_files, schema_problems
-from features.errors import InputError
-from features.idmap import map_ids
-from features.spec import FeatureSpec, SpecError
-from pipeline.batch import Batch
+from crossrank.features.check import schema_problems
+from crossrank.features.errors import InputError
+from crossrank.features.files import DataPaths, list_parquet_files
+from crossrank.features.idmap import map_ids
+from crossrank.features.spec import FeatureSpec, SpecError
+from crossrank.pipeline.reading.batch import Batch
 
 
 def _excl_cumsum(x: np.ndarray) -> np.ndarray:
@@ -174,8 +175,8 @@ class Unit:
         return f"{self.file} (row group {self.row_group})"
 
 
-def discover_units(spec: FeatureSpec, path: str | Path, *, with_label: bool = True) -> list[Unit]:
-    """Every (file, row group) under ``path``, after checking each file's schema against the spec."""
+def discover_units(spec: FeatureSpec, path: DataPaths, *, with_label: bool = True) -> list[Unit]:
+    """Every (file, row group) of ``path`` (file, folder, glob or a list of them), after checking each file's schema against the spec."""
     units: list[Unit] = []
     problems = []
     for file in list_parquet_files(path):
@@ -379,7 +380,7 @@ class ParquetBatchReader:
     def __init__(
         self,
         spec: FeatureSpec,
-        path: str | Path,
+        path: DataPaths,
         batch_size: int,
         *,
         rank: int = 0,

@@ -1,140 +1,10 @@
-"""``crossrank``: the one entry point (prepare, features check, train)."""
+"""The ``crossrank`` argument parser: one function per subcommand, each naming its handler in ``commands``."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-import warnings
-from pathlib import Path
 
-from features.errors import InputError
-
-
-def _quiet_third_party() -> None:
-    # Deprecation chatter from inside torch/torchrec says nothing actionable to a crossrank user.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in (
-        "torch.fx._symbolic_trace",
-        "torchrec.distributed.planner",
-        "torchrec.distributed.train_pipeline",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _prepare_movielens(args: argparse.Namespace) -> None:
-    from pipeline.movielens import prepare_movielens
-
-    summary = prepare_movielens(
-        Path(args.src_dir),
-        Path(args.out_dir),
-        domains=Path(args.domains) if args.domains else None,
-        max_len=args.max_len,
-        n_test=args.n_test,
-        n_valid=args.n_valid,
-        row_group_size=args.row_group_size,
-    )
-    print(summary.format())
-
-
-def _prepare_synthetic(args: argparse.Namespace) -> None:
-    from pipeline.synthetic import SyntheticConfig, prepare_synthetic
-
-    cfg = SyntheticConfig(
-        users=args.users,
-        items_per_domain=args.items_per_domain,
-        rows=args.rows,
-        max_len=args.max_len,
-        seed=args.seed,
-        row_group_size=args.row_group_size,
-    )
-    print(prepare_synthetic(Path(args.out_dir), cfg).format())
-
-
-def _prepare_ranking(args: argparse.Namespace) -> None:
-    from pipeline.ranking import prepare_ranking
-
-    print(
-        prepare_ranking(
-            Path(args.data_dir), negatives=args.negatives, users=args.users, seed=args.seed
-        ).format()
-    )
-
-
-def _features_check(args: argparse.Namespace) -> int:
-    from features.check import check_data
-    from features.spec import SpecError, load_spec
-
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as e:
-        print(f"{args.spec}: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"{args.spec}: spec OK ({len(spec.tables)} tables, {len(spec.features)} features, domains {spec.domain_names})"
-    )
-    print(f"  pooled KJT keys:   {spec.pooled_keys}")
-    print(f"  sequence KJT keys: {spec.sequence_keys}")
-    failed = False
-    for data in args.data or []:
-        report = check_data(spec, data, with_label=not args.no_label)
-        for note in report.notes:
-            print(f"  note: {note}")
-        if report.problems:
-            failed = True
-            print(f"{data}: {len(report.problems)} problem(s):", file=sys.stderr)
-            for p in report.problems:
-                print(f"  - {p}", file=sys.stderr)
-        else:
-            print(f"{data}: OK ({report.files} file(s), {report.rows:,} rows)")
-    return 1 if failed else 0
-
-
-def _train(args: argparse.Namespace) -> None:
-    from pipeline.config import load_config
-    from pipeline.train import train
-
-    overrides = list(args.set) + ([f"train.resume={args.resume}"] if args.resume else [])
-    train(load_config(args.config, overrides))
-
-
-def _score(args: argparse.Namespace) -> None:
-    from pipeline.score import run_score
-
-    passthrough = [c for c in (args.passthrough or "").split(",") if c]
-    run_score(args.checkpoint, args.input, args.output, args.batch_size, passthrough)
-
-
-def _evaluate(args: argparse.Namespace) -> None:
-    from pipeline.score import run_evaluate
-
-    run_evaluate(args.checkpoint, args.data, args.ranking, args.batch_size)
-
-
-def _report(args: argparse.Namespace) -> None:
-    import json
-
-    from pipeline.metrics import format_metrics_table, latest_tables
-
-    path = Path(args.run_dir) / "metrics.json"
-    if not path.is_file():
-        raise InputError(
-            "no metrics.json in the run folder.", where=str(path), fix="train first (crossrank train)."
-        )
-    metrics = json.loads(path.read_text())
-    tables = latest_tables(metrics)
-    extra: dict[str, float] = {}
-    if args.oracle:
-        oracle = json.loads(Path(args.oracle).read_text())["oracle_auc"]
-        extra["oracle auc (test)"] = oracle["test"]
-        if "test" in tables:
-            extra["model auc / oracle auc"] = tables["test"]["auc"] / oracle["test"]
-    print(
-        f"run {args.run_dir}: {metrics['world_size']} process(es), {metrics['steps']} steps, "
-        f"{metrics['wall_s']:.1f}s, {metrics['samples_per_s']:,.0f} samples/s, parameters {metrics['params']}"
-    )
-    print(format_metrics_table(tables, extra))
+from crossrank.pipeline.cli import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,12 +13,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross-domain long-sequence ranking on TorchRec: prepare data, check feature specs, train.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_features(sub)
+    _add_train(sub)
+    _add_score(sub)
+    _add_evaluate(sub)
+    _add_report(sub)
+    return parser
 
+
+def _add_prepare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prep = sub.add_parser(
         "prepare", help="turn raw data into the train/valid/test Parquet of the data contract"
     )
     prep_sub = prep.add_subparsers(dest="source", required=True)
-    ml = prep_sub.add_parser(
+    _add_prepare_movielens(prep_sub)
+    _add_prepare_synthetic(prep_sub)
+    _add_prepare_ranking(prep_sub)
+
+
+def _add_prepare_movielens(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ml = sub.add_parser(
         "movielens",
         help="GroupLens MovieLens (ml-100k, ml-1m, ml-latest/ml-25m CSV) -> two-domain ranking rows",
         description="One row per rating: candidate = the movie, label = rating >= 4, histories = the user's "
@@ -168,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-valid", type=int, default=10, help="rows per user before test for validation (default 10)"
     )
     ml.add_argument("--row-group-size", type=int, default=32768, help="Parquet rows per row group")
-    ml.set_defaults(fn=_prepare_movielens)
+    ml.set_defaults(fn=commands.prepare_movielens)
 
-    syn = prep_sub.add_parser(
+
+def _add_prepare_synthetic(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    syn = sub.add_parser(
         "synthetic",
         help="synthetic two-domain data with known click probabilities and its oracle AUC",
         description="Users with latent interests split across domains, sticky recurring interests in long "
@@ -183,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--max-len", type=int, default=100)
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--row-group-size", type=int, default=16384)
-    syn.set_defaults(fn=_prepare_synthetic)
+    syn.set_defaults(fn=commands.prepare_synthetic)
 
-    rk = prep_sub.add_parser(
+
+def _add_prepare_ranking(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rk = sub.add_parser(
         "ranking",
         help="the sampled ranking protocol: each user's held-out positive per domain vs N unseen items",
         description="Writes DATA_DIR/ranking/: per user and domain, the latest positive test row and "
@@ -196,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--negatives", type=int, default=99)
     rk.add_argument("--users", type=int, default=0, help="sample this many users (0: all)")
     rk.add_argument("--seed", type=int, default=0)
-    rk.set_defaults(fn=_prepare_ranking)
+    rk.set_defaults(fn=commands.prepare_ranking)
 
+
+def _add_features(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     feat = sub.add_parser("features", help="feature spec tools")
     feat_sub = feat.add_subparsers(dest="action", required=True)
     check = feat_sub.add_parser(
@@ -209,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("spec", help="feature spec YAML")
     check.add_argument("--data", action="append", help="Parquet file or folder to check (repeatable)")
     check.add_argument("--no-label", action="store_true", help="data has no label column (scoring input)")
-    check.set_defaults(fn=_features_check)
+    check.set_defaults(fn=commands.features_check)
 
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tr = sub.add_parser(
         "train",
         help="train the ranker (1 process, or N under torchrun / TorchX)",
@@ -229,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from this checkpoint or run folder (default: the run folder's latest complete "
         "checkpoint, if any; 'never' starts afresh)",
     )
-    tr.set_defaults(fn=_train)
+    tr.set_defaults(fn=commands.train)
 
+
+def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sc = sub.add_parser(
         "score",
         help="offline batch scoring: a checkpoint and Parquet in, Parquet with row id, domain and score out",
@@ -246,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--output", required=True, help="output folder")
     sc.add_argument("--batch-size", type=int, default=4096)
     sc.add_argument("--passthrough", help="comma-separated input columns copied to the output")
-    sc.set_defaults(fn=_score)
+    sc.set_defaults(fn=commands.score)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser(
         "evaluate",
         help="the metrics table of a checkpoint on labeled data, without training",
@@ -260,27 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="labeled Parquet file or folder")
     ev.add_argument("--ranking", help="ranking protocol data (crossrank prepare ranking)")
     ev.add_argument("--batch-size", type=int, default=4096)
-    ev.set_defaults(fn=_evaluate)
+    ev.set_defaults(fn=commands.evaluate)
 
+
+def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep = sub.add_parser(
         "report", help="print a finished run's metrics table (optionally beside an oracle AUC)"
     )
     rep.add_argument("run_dir", help="the run folder (holds metrics.json)")
     rep.add_argument("--oracle", help="oracle.json of synthetic data: prints the oracle AUC and the ratio")
-    rep.set_defaults(fn=_report)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_third_party()
-    try:
-        code = args.fn(args)
-    except InputError as e:
-        print(f"crossrank: error: {e}", file=sys.stderr)
-        return 2
-    return int(code or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    rep.set_defaults(fn=commands.report)

@@ -1,5 +1,5 @@
 """Evaluation metrics over gathered predictions: NE, log loss and calibration with ``torchrec.metrics``'
-own functions, AUC by ranks (``pipeline.auc``: TorchRec's ``compute_auc`` does not average ties)."""
+own functions, AUC by ranks (``crossrank.pipeline.core.auc``: TorchRec's ``compute_auc`` does not average ties)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torchrec.metrics.calibration import compute_calibration
 from torchrec.metrics.ne import compute_cross_entropy, compute_logloss, compute_ne
 
-from pipeline.auc import roc_auc
+from crossrank.pipeline.core.auc import roc_auc
 
 ETA = 1e-12
 

@@ -1,0 +1,180 @@
+"""The job itself: ``prepare_synthetic`` generates every block's rows into the split files and the summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from crossrank.pipeline.core.atomic import write_json_atomic
+from crossrank.pipeline.core.auc import roc_auc
+from crossrank.pipeline.prepare.synthetic.config import SyntheticConfig
+from crossrank.pipeline.prepare.synthetic.rows import _draw_rows, _Rows, _rows_table, output_schema
+from crossrank.pipeline.prepare.synthetic.summary import SplitSummary, SyntheticSummary
+from crossrank.pipeline.prepare.synthetic.world import _block_rng, build_world, generate_block
+from crossrank.pipeline.prepare.synthetic.writer import _SplitWriter
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+#: Split boundaries in timestamp units: t < 0.8 train, 0.8 <= t < 0.9 valid, t >= 0.9 test.
+SPLIT_BOUNDS: tuple[int, int] = (800_000_000, 900_000_000)
+
+
+@dataclass
+class _SplitStats:
+    """What the summary needs of one split's rows: its users, and (probability, label) for the oracle AUC."""
+
+    users: np.ndarray
+    probs: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, rows: _Rows) -> None:
+        """Record rows written to the split."""
+        self.users[rows.user] = True
+        self.probs.append(rows.prob)
+        self.labels.append(rows.label)
+
+
+@dataclass
+class _Totals:
+    """Running totals over all blocks.
+
+    Args:
+        hist_values: history values written per domain.
+        truncated: (row, domain) histories truncated to ``max_len``.
+        events: events generated.
+        next_row_id: the row id of the next row drawn.
+    """
+
+    hist_values: np.ndarray
+    truncated: int = 0
+    events: int = 0
+    next_row_id: int = 0
+
+
+def _json_float(x: float) -> float | None:
+    return None if x != x else float(x)  # NaN (one class missing) is not valid JSON
+
+
+def prepare_synthetic(out_dir: Path, config: SyntheticConfig) -> SyntheticSummary:
+    """Generate the synthetic data set into ``out_dir``.
+
+    Writes ``train/``, ``valid/``, ``test/`` (``part-NNNNN.parquet``), ``oracle.json`` and, last,
+    ``summary.json``, the mark of a complete data set. Earlier ``part-*.parquet`` files in those
+    folders and an earlier summary / oracle are removed first, so a smaller rerun leaves nothing stale.
+
+    Args:
+        out_dir: output folder (created if missing).
+        config: generator arguments.
+
+    Returns:
+        The summary also written to ``summary.json``.
+    """
+    config.validate()
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    schema = output_schema(config.domains)
+    writers = _open_splits(out_dir, schema, config)
+    stats = {split: _SplitStats(users=np.zeros(config.users, dtype=bool)) for split in SPLITS}
+    try:
+        totals = _write_rows(config, schema, writers, stats)
+        for writer in writers.values():
+            writer.close()
+    except BaseException as e:
+        for writer in writers.values():
+            writer.abort(e)
+        raise
+
+    splits = {split: _split_summary(stats[split], writers[split].parts) for split in SPLITS}
+    params = asdict(config)
+    params["domains"] = list(config.domains)
+    params["hist_median"], params["hist_cap"] = config.median_events, config.events_cap
+    oracle = {
+        "oracle_auc": {s: splits[s].oracle_auc for s in SPLITS},
+        "positive_rate": {s: splits[s].positive_rate for s in SPLITS},
+        "params": params,
+    }
+    write_json_atomic(oracle, out_dir / "oracle.json")
+    summary = SyntheticSummary(
+        out_dir=str(out_dir),
+        splits=splits,
+        mean_hist_len={n: float(totals.hist_values[d] / config.rows) for d, n in enumerate(config.domains)},
+        truncated_frac=totals.truncated / (config.rows * len(config.domains)),
+        events=totals.events,
+        seconds=round(time.perf_counter() - started, 3),
+        params=params,
+    )
+    write_json_atomic(summary.to_json(), out_dir / "summary.json")
+    return summary
+
+
+def _open_splits(out_dir: Path, schema: pa.Schema, config: SyntheticConfig) -> dict[str, _SplitWriter]:
+    """Clear ``out_dir`` of an earlier run's summary, oracle and parts; a writer per split."""
+    for name in ("summary.json", "oracle.json"):  # summary.json marks a complete data set: not any more
+        (out_dir / name).unlink(missing_ok=True)
+    writers: dict[str, _SplitWriter] = {}
+    for split in SPLITS:
+        folder = out_dir / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("part-*.parquet"):  # a smaller rerun must not leave old parts behind
+            stale.unlink()
+        writers[split] = _SplitWriter(folder, schema, config.row_group_size, config.values_per_part)
+    return writers
+
+
+def _write_rows(
+    config: SyntheticConfig,
+    schema: pa.Schema,
+    writers: dict[str, _SplitWriter],
+    stats: dict[str, _SplitStats],
+) -> _Totals:
+    """Generate all blocks and their rows into the split writers; returns the totals for the summary."""
+    n_dom = len(config.domains)
+    totals = _Totals(hist_values=np.zeros(n_dom, dtype=np.int64))
+    world = build_world(config)
+    domain_names = pa.array(list(config.domains), type=pa.string())
+    chunk_rows = max(1024, config.chunk_values // (n_dom * config.max_len))
+    for index in range(len(world.block_bounds) - 1):
+        block = generate_block(config, world, index)
+        totals.events += block.key.size
+        rng = _block_rng(config, index, 1)
+        remaining = int(world.block_rows[index])
+        while remaining > 0:
+            n = min(chunk_rows, remaining)
+            remaining -= n
+            rows = _draw_rows(config, world, block, rng, n)  # looked up here: tests patch job._draw_rows
+            row_id = np.arange(totals.next_row_id, totals.next_row_id + n, dtype=np.int64)
+            totals.next_row_id += n
+            for split, part, part_id in _by_split(rows, row_id):
+                table, values, truncated = _rows_table(config, schema, block, part, part_id, domain_names)
+                writers[split].add(table, int(values.sum()))
+                totals.hist_values += values
+                totals.truncated += truncated
+                stats[split].add(part)
+        del block
+    return totals
+
+
+def _by_split(rows: _Rows, row_id: np.ndarray) -> Iterator[tuple[str, _Rows, np.ndarray]]:
+    """The rows of each split (by time) with their row ids, in split order; splits without rows are skipped."""
+    split_of = np.searchsorted(np.asarray(SPLIT_BOUNDS), rows.time, side="right")
+    for k, split in enumerate(SPLITS):
+        sel = np.flatnonzero(split_of == k)
+        if sel.size:
+            yield split, rows.take(sel), row_id[sel]
+
+
+def _split_summary(stats: _SplitStats, parts: int) -> SplitSummary:
+    """The summary of one split from its collected statistics."""
+    probs = np.concatenate(stats.probs) if stats.probs else np.empty(0, np.float32)
+    labels = np.concatenate(stats.labels) if stats.labels else np.empty(0, np.int8)
+    return SplitSummary(
+        rows=int(labels.size),
+        users=int(stats.users.sum()),
+        positive_rate=_json_float(float(labels.mean())) if labels.size else None,
+        oracle_auc=_json_float(roc_auc(probs, labels)) if labels.size else None,
+        parts=parts,
+    )

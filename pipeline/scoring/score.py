@@ -1,0 +1,224 @@
+"""Offline batch scoring and evaluation from a checkpoint, on any number of ranks.
+
+Scoring splits the input into (file, row group) units balanced over the ranks by rows. Each unit's scores
+go to one Parquet file, ``OUT/part-NNNNN.parquet``, written atomically, and then to a manifest entry,
+``OUT/_manifest/part-NNNNN.json``. A restart skips the units that have an entry, so every input row gets
+exactly one output row even across crashes. No rank reads more than one row group at a time. Every rank
+runs the same number of forward passes (padded with empty batches), so the sharded model's collectives
+never wait on a rank that has finished.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from crossrank.features.errors import InputError
+from crossrank.features.spec import FeatureSpec
+from crossrank.pipeline.core.atomic import write_json_atomic, write_parquet_atomic
+from crossrank.pipeline.core.distributed import DistContext, all_reduce_max, init_distributed
+from crossrank.pipeline.reading.batch import Batch
+from crossrank.pipeline.reading.reader import (
+    BlockConverter,
+    Unit,
+    assign_units,
+    discover_units,
+    empty_batch,
+    read_unit,
+)
+from crossrank.pipeline.scoring.model import LoadedModel, load_for_inference
+
+
+@dataclass
+class ScoreResult:
+    """What one rank of a scoring job did."""
+
+    rows: int
+    units_scored: int
+    units_skipped: int
+    wall_s: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / max(self.wall_s, 1e-9)
+
+
+def _part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def _scores(model: torch.nn.Module, batch: Batch, ctx: DistContext) -> torch.Tensor:
+    _, (_, logits, *_) = model(batch.to(ctx.device))
+    return torch.sigmoid(logits.float()).cpu()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one rank's scoring job reads with, how it batches and where it writes."""
+
+    spec: FeatureSpec
+    model: torch.nn.Module
+    ctx: DistContext
+    output: Path
+    batch_size: int
+    passthrough: list[str]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """This rank's share of the input."""
+
+    index: dict[Unit, int]  # every unit of the input -> its part number
+    mine: list[Unit]  # the units assigned to this rank
+    todo: list[Unit]  # those without a manifest entry yet
+    total_steps: int  # forward passes every rank runs: the most any rank needs
+
+
+def _check_passthrough(units: list[Unit], passthrough: list[str]) -> None:
+    for col in passthrough:
+        schema = pq.ParquetFile(units[0].file).schema_arrow
+        if col not in schema.names:
+            raise InputError(
+                f"passthrough column '{col}' is not in the input.",
+                where=str(units[0].file),
+                fix="check --passthrough.",
+            )
+
+
+def _plan(job: _Job, input_path: str | Path) -> _Plan:
+    """Split the input into units, pick this rank's unfinished ones, and agree on the step count."""
+    units = discover_units(job.spec, input_path, with_label=False)
+    _check_passthrough(units, job.passthrough)
+    index = {u: i for i, u in enumerate(units)}
+    mine = assign_units(units, job.ctx.world_size)[job.ctx.rank]
+    manifest = job.output / "_manifest"
+    todo = [u for u in mine if not (manifest / f"{_part_name(index[u])}.json").is_file()]
+    steps = sum(-(-u.num_rows // job.batch_size) for u in todo)
+    return _Plan(index, mine, todo, all_reduce_max(steps, job.ctx))
+
+
+class _UnitLoader:
+    """Reads a unit's columns and cuts them into ready batches (run on a background thread)."""
+
+    def __init__(self, job: _Job) -> None:
+        spec = job.spec
+        self.converter = BlockConverter(spec, with_label=False)
+        self.keys = (spec.pooled_keys, spec.sequence_keys)
+        self.columns = list(
+            dict.fromkeys([*self.converter.columns, spec.candidate.domain_column, *job.passthrough])
+        )
+        self.batch_size = job.batch_size
+
+    def __call__(self, unit: Unit) -> tuple[pa.Table, list[tuple[Batch, int]]]:
+        """A unit's table and its ready batches with their real row counts."""
+        table = read_unit(unit, self.columns)
+        block = self.converter.convert(table, str(unit))
+        size = self.batch_size
+        cuts = [block.slice(lo, lo + size) for lo in range(0, len(block), size)]
+        return table, [(c.to_batch(*self.keys, size), len(c)) for c in cuts]
+
+
+def _output_table(job: _Job, table: pa.Table, scores: torch.Tensor) -> pa.Table:
+    spec = job.spec
+    return pa.table(
+        {
+            spec.row_id: table.column(spec.row_id),
+            "domain": table.column(spec.candidate.domain_column).cast(pa.string()),
+            "score": pa.array(scores.numpy().astype(np.float32)),
+            **{c: table.column(c) for c in job.passthrough},
+        }
+    )
+
+
+def _commit(output: Path, name: str, unit: Unit, out: pa.Table) -> None:
+    # Scores first, then the manifest entry: a crash in between only means the unit is scored again.
+    write_parquet_atomic(out, output / f"{name}.parquet", row_group_size=max(1, out.num_rows))
+    write_json_atomic(
+        {"file": str(unit.file), "row_group": unit.row_group, "rows": out.num_rows},
+        output / "_manifest" / f"{name}.json",
+    )
+
+
+def _score_units(job: _Job, plan: _Plan, bar: tqdm, start: float) -> tuple[int, int]:
+    """Score and commit this rank's unfinished units in order; returns (rows scored, forward passes run)."""
+    load, todo = _UnitLoader(job), plan.todo
+    rows, done = 0, 0
+    # Overlap I/O with the forward passes: the next unit is read, converted and batched, and the previous
+    # one written, on background threads (pyarrow releases the GIL) while the model scores the current one.
+    with ThreadPoolExecutor(max_workers=1) as reader_pool, ThreadPoolExecutor(max_workers=1) as writer_pool:
+        pending = reader_pool.submit(load, todo[0]) if todo else None
+        writes: list[Future[None]] = []
+        for i, unit in enumerate(todo):
+            table, batches = pending.result()  # type: ignore[union-attr]
+            pending = reader_pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
+            parts = []
+            for batch, n_real in batches:
+                parts.append(_scores(job.model, batch, job.ctx)[:n_real])
+                done += 1
+            out = _output_table(job, table, torch.cat(parts))
+            for w in writes:  # stop at the first failed write, as a crash would
+                if w.done():
+                    w.result()
+            writes.append(writer_pool.submit(_commit, job.output, _part_name(plan.index[unit]), unit, out))
+            rows += out.num_rows
+            bar.update(out.num_rows)
+            bar.set_postfix(rows_per_s=f"{rows / (time.perf_counter() - start):,.0f}")
+        for w in writes:
+            w.result()  # surface write errors before reporting success
+    return rows, done
+
+
+@torch.no_grad()
+def score(
+    loaded: LoadedModel,
+    input_path: str | Path,
+    output: str | Path,
+    ctx: DistContext,
+    *,
+    batch_size: int = 4096,
+    passthrough: list[str] | None = None,
+) -> ScoreResult:
+    """Score every row of ``input_path`` (a Parquet file or folder; labels not needed) into ``output``.
+
+    Output columns: the spec's row id, ``domain`` (the candidate's domain), ``score`` (float32 click
+    probability), then the ``passthrough`` columns, in input order within each unit.
+    """
+    spec = loaded.spec
+    job = _Job(spec, loaded.sharded.model, ctx, Path(output), batch_size, list(passthrough or []))
+    plan = _plan(job, input_path)
+    bar = tqdm(
+        total=sum(u.num_rows for u in plan.todo),
+        desc="score",
+        unit="rows",
+        disable=not ctx.is_main,
+        mininterval=1.0,
+    )
+    start = time.perf_counter()
+    rows, done = _score_units(job, plan, bar, start)
+    for _ in range(plan.total_steps - done):  # keep step with ranks that still have units
+        _scores(job.model, empty_batch(spec, batch_size), ctx)
+    bar.close()
+    return ScoreResult(rows, len(plan.todo), len(plan.mine) - len(plan.todo), time.perf_counter() - start)
+
+
+def run_score(
+    checkpoint: str, input_path: str, output: str, batch_size: int, passthrough: list[str]
+) -> ScoreResult:
+    """The ``crossrank score`` job (one rank of possibly many)."""
+    ctx = init_distributed()
+    loaded = load_for_inference(checkpoint, ctx)
+    result = score(loaded, input_path, output, ctx, batch_size=batch_size, passthrough=passthrough)
+    if ctx.is_main:
+        print(
+            f"scored {result.rows:,} rows on rank 0 ({result.units_scored} unit(s), {result.units_skipped} already "
+            f"done) in {result.wall_s:.1f}s, {result.rows_per_s:,.0f} rows/s; output in {output}"
+        )
+    return result

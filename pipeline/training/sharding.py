@@ -1,0 +1,95 @@
+"""The sharded ranker: meta-device model -> TorchRec planner for this world size -> DistributedModelParallel,
+with a fused in-backward sparse optimizer and an Adam dense optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.sharding_plan import get_default_sharders
+from torchrec.distributed.types import ShardingPlan
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from crossrank.features.errors import InputError
+from crossrank.features.spec import FeatureSpec
+from crossrank.models.ranker import RankerTrain, build_ranker, embedding_modules
+from crossrank.pipeline.core.distributed import DistContext
+from crossrank.pipeline.training.config import JobConfig
+
+SPARSE_OPTIMIZER_CLASSES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "rowwise_adagrad": (RowWiseAdagrad, {}),
+    "adagrad": (torch.optim.Adagrad, {}),
+    "adam": (torch.optim.Adam, {}),
+    "sgd": (torch.optim.SGD, {}),
+}
+
+
+@dataclass
+class ShardedRanker:
+    """The sharded training model and what was decided building it."""
+
+    model: DistributedModelParallel
+    optimizer: torch.optim.Optimizer
+    plan: ShardingPlan
+    params: dict[str, int]
+    directions: list[str]  # orthogonality columns of the model's ``ortho`` output
+
+
+def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> ShardedRanker:
+    """Ranker with meta-device tables -> planner (for this world size and device) -> DMP, with a fused
+    in-backward sparse optimizer and an Adam dense optimizer combined into one."""
+    torch.manual_seed(cfg.train.seed)
+    try:
+        ranker, params = build_ranker(spec, cfg.model, device=torch.device("meta"))
+    except ValueError as e:  # hyper-parameters that do not fit the spec (e.g. D not divisible by heads)
+        raise InputError(
+            str(e), where=f"model section with spec {spec.path}", fix="adjust model.encoder."
+        ) from None
+    model = RankerTrain(ranker)
+    opt_cls, opt_kwargs = SPARSE_OPTIMIZER_CLASSES[cfg.train.sparse_optimizer]
+    # Every TorchRec table (features and interest memories) gets the fused sparse optimizer.
+    sparse_params = [p for m in embedding_modules(ranker) for p in m.parameters()]
+    apply_optimizer_in_backward(opt_cls, sparse_params, {"lr": cfg.train.sparse_lr, **opt_kwargs})
+
+    planner = EmbeddingShardingPlanner(
+        topology=TopologyFactory.create_topology(
+            TrainerConfig(world_size=ctx.world_size),
+            kernel_config=KernelConfig(compute_device=ctx.device.type),
+        ),
+        batch_size=cfg.data.batch_size,
+        storage_reservation=FixedPercentageStorageReservation(0.15),
+    )
+    sharders = get_default_sharders()
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan, sharders=sharders)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda ps: torch.optim.Adam(ps, lr=cfg.train.dense_lr),
+    )
+    optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
+    return ShardedRanker(dmp, optimizer, plan, params, ranker.orthogonality_directions)
+
+
+def describe_plan(plan: ShardingPlan) -> dict[str, str]:
+    """table -> "sharding_type on ranks [...]" (for the log and the run folder)."""
+    out = {}
+    for module_plan in plan.plan.values():
+        for table, ps in module_plan.items():
+            ranks = sorted(
+                {
+                    r
+                    for s in (ps.sharding_spec.shards if ps.sharding_spec else [])
+                    for r in [s.placement.rank()]
+                }
+            )
+            out[table] = f"{ps.sharding_type} on ranks {ranks or ps.ranks}"
+    return out
