@@ -1,1 +1,1 @@
-
+"""Reading and batching: Parquet row groups -> ``Pipelineable`` batches of KeyedJaggedTensors."""

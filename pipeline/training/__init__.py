@@ -1,1 +1,1 @@
-
+"""Training: the job config, the sharding plan and optimizers, checkpoints and the loop."""
