@@ -15,7 +15,7 @@ DEPS := tensordict==0.15.3 torchmetrics==1.9.0 pyre-extensions==0.0.32 tqdm==4.7
 PIP := $(BIN)/pip install --disable-pip-version-check --no-input -q
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo daily-demo test lint format clean
 
 install: $(STAMP)
 
@@ -40,6 +40,22 @@ demo: install
 # because mypy cannot follow the editable install's import hook.
 TYPECHECK := build/typecheck
 
+# A scheduled job over three days (README "Daily training"): day 1 trains from scratch; day 2 warm-starts from
+# day 1's best model with a spec that adds a feature and grows the item tables for day 2's new items; day 3
+# warm-starts from day 2 and its best checkpoint scores day 3's test split.
+DAILY_TRAIN := $(BIN)/torchx run -s local_cwd torchx_components/crossrank.py:train --config configs/daily/day.yaml -j 1x2 --
+
+daily-demo: install
+	rm -rf data/daily runs/daily
+	$(BIN)/crossrank prepare synthetic data/daily --rows 150000 --days 3 --start-date 2026-11-20 --new-item-frac 0.2
+	$(DAILY_TRAIN) data.date=2026-11-20 data.spec=configs/daily/spec_day1.yaml
+	$(DAILY_TRAIN) data.date=2026-11-21 'train.init_from=runs/daily/{date-1}'
+	$(DAILY_TRAIN) data.date=2026-11-22 'train.init_from=runs/daily/{date-1}'
+	$(BIN)/crossrank score --checkpoint runs/daily/2026-11-22 --input data/daily/date=2026-11-22/test \
+	   --output runs/daily/2026-11-22/scores --passthrough label
+	for day in 2026-11-20 2026-11-21 2026-11-22; do \
+	   $(BIN)/crossrank report runs/daily/$$day --oracle data/daily/date=$$day/oracle.json || exit 1; done
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -55,4 +71,4 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf data/demo runs build .pytest_cache .ruff_cache .mypy_cache
+	rm -rf data/demo data/daily runs build .pytest_cache .ruff_cache .mypy_cache

@@ -1,17 +1,20 @@
-"""Checking Parquet data against a feature spec: files, columns, types and id ranges, every problem at once."""
+"""Checking Parquet data against a feature spec: files, columns, types and id ranges, every problem at once;
+and, for hash-mapped features, how the ids land on their table (collisions, ids unseen in a reference split)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crossrank.features.errors import InputError
-from crossrank.features.files import list_parquet_files
-from crossrank.features.spec import FeatureDef, FeatureSpec, Problem
+from crossrank.features.files import DataPaths, as_path_list, list_parquet_files
+from crossrank.features.hashing import hash_ids
+from crossrank.features.spec import FeatureDef, FeatureSpec, Problem, TableSpec
 
 
 def _is_int(t: pa.DataType) -> bool:
@@ -159,7 +162,7 @@ def check_data(spec: FeatureSpec, data: DataPaths, *, with_label: bool = True) -
     try:
         files = list_parquet_files(data)
     except InputError as e:
-        report.problems.append(Problem(str(data), "<data>", e.what, e.fix))
+        report.problems.append(Problem(e.where or " ".join(as_path_list(data)), "<data>", e.what, e.fix))
         return report
     for file in files:
         try:
@@ -181,3 +184,248 @@ def check_data(spec: FeatureSpec, data: DataPaths, *, with_label: bool = True) -
         if not found:
             _range_problems(spec, file, meta, report)
     return report
+
+
+# ---- hash-mapped features: distinct ids, rows used, collisions, unseen ids ---------------------------------
+
+# Pending per-row-group uniques are merged once they reach this many entries (or the merged set's size):
+# memory stays O(distinct ids), whatever the number of rows.
+_MERGE_AT = 1 << 20
+
+
+class IdCounts:
+    """The distinct ids of one feature (as their 64-bit hashes, see :mod:`crossrank.features.hashing`) and
+    how often each occurs, accumulated row group by row group in memory proportional to the distinct ids.
+
+    Integer ids are counted exactly (the hash is a bijection on 64-bit values); distinct strings whose
+    64-bit hashes coincide (odds about d**2 / 2**65 for d strings) would count once.
+    """
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(0, np.uint64)  # sorted, unique
+        self.counts = np.zeros(0, np.int64)  # occurrences of each
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_size = 0
+
+    def add(self, hashes: np.ndarray) -> None:
+        """Count one batch of id hashes."""
+        if len(hashes) == 0:
+            return
+        u, c = np.unique(hashes, return_counts=True)
+        self._pending.append((u, c.astype(np.int64)))
+        self._pending_size += len(u)
+        if self._pending_size >= max(_MERGE_AT, len(self.hashes)):
+            self._merge()
+
+    def _merge(self) -> None:
+        """Fold the pending batches into the sorted (hashes, counts) arrays."""
+        if not self._pending:
+            return
+        h = np.concatenate([self.hashes, *(u for u, _ in self._pending)])
+        c = np.concatenate([self.counts, *(n for _, n in self._pending)])
+        self._pending, self._pending_size = [], 0
+        if len(h) == 0:
+            return
+        order = np.argsort(h, kind="stable")
+        h, c = h[order], c[order]
+        starts = np.flatnonzero(np.concatenate([[True], h[1:] != h[:-1]]))
+        self.hashes, self.counts = h[starts], np.add.reduceat(c, starts)
+
+    def merged(self) -> IdCounts:
+        """Self, with every pending batch merged in."""
+        self._merge()
+        return self
+
+    @staticmethod
+    def union(parts: list[IdCounts]) -> IdCounts:
+        """The ids of several features together (those sharing one table)."""
+        out = IdCounts()
+        for part in parts:
+            out._pending.append((part.merged().hashes, part.counts))
+        return out.merged()
+
+
+@dataclass(frozen=True)
+class HashKey:
+    """One hash-mapped KJT key: a feature (or a candidate's domain) and the table its ids land on."""
+
+    key: str
+    feature: FeatureDef
+    table: TableSpec
+    domain: int = -1  # candidate keys: the index of the domain whose rows they are
+
+
+def hashed_keys(spec: FeatureSpec) -> list[HashKey]:
+    """The KJT keys of ``spec`` whose ids are mapped by ``hash``, in spec order."""
+    keys: list[HashKey] = []
+    for f in spec.features:
+        if f.kind == "dense" or f.mapping.type != "hash":
+            continue
+        if f.kind == "candidate":
+            for i, d in enumerate(spec.domain_names):
+                key = spec.candidate_key(d)
+                keys.append(HashKey(key, f, spec.table_of_key(key), i))
+        else:
+            keys.append(HashKey(f.name, f, spec.table_of_key(f.name)))
+    return keys
+
+
+def _row_group_ids(spec: FeatureSpec, part: pa.Table, hk: HashKey) -> pa.Array:
+    """The non-null ids of one key in one row group (lists flattened; candidates of the key's domain)."""
+    col = part.column(hk.feature.column).combine_chunks()
+    if hk.domain >= 0:
+        dom = part.column(hk.feature.domain_column).combine_chunks()
+        if pa.types.is_dictionary(dom.type):
+            dom = dom.cast(pa.string())
+        index = pc.index_in(dom, value_set=pa.array(spec.domain_names))
+        col = col.filter(pc.fill_null(pc.equal(index, hk.domain), False))
+    flat = pc.list_flatten(col) if _is_list(col.type) else col
+    return flat.drop_null()
+
+
+def collect_ids(spec: FeatureSpec, data: DataPaths) -> dict[str, IdCounts]:
+    """The :class:`IdCounts` of every hash-mapped key of ``spec`` over the files of ``data``, read one row
+    group at a time. Raises InputError naming the file and column when one is missing or not an id column."""
+    keys = hashed_keys(spec)
+    found = {hk.key: IdCounts() for hk in keys}
+    columns = sorted({c for hk in keys for c in (hk.feature.column, hk.feature.domain_column) if c})
+    if not keys:
+        return found
+    for file in list_parquet_files(data):
+        meta = pq.ParquetFile(file)
+        missing = [c for c in columns if c not in meta.schema_arrow.names]
+        if missing:
+            raise InputError(
+                f"column(s) {missing} of the hash-mapped features are missing.",
+                where=str(file),
+                spec=spec.path,
+                fix="check the file with `crossrank features check SPEC --data FILE`, or point at the right split.",
+            )
+        for rg in range(meta.num_row_groups):
+            part = meta.read_row_group(rg, columns=columns)
+            for hk in keys:
+                try:
+                    found[hk.key].add(hash_ids(_row_group_ids(spec, part, hk)))
+                except TypeError as e:
+                    raise InputError(
+                        f"feature '{hk.feature.name}': column '{hk.feature.column}': {e}",
+                        where=f"{file} (row group {rg})",
+                        spec=spec.path,
+                        fix="write integer or string ids.",
+                    ) from None
+    return {k: v.merged() for k, v in found.items()}
+
+
+@dataclass(frozen=True)
+class HashStats:
+    """How one hash-mapped key's ids land on its table.
+
+    Args:
+        key / table / num_embeddings: the KJT key and its table.
+        ids: distinct ids. rows: distinct table rows they land on.
+        colliding: distinct ids sharing their row with at least one other distinct id.
+        occurrences: id occurrences (rows of data for ``id``/candidate keys, list entries otherwise).
+        unseen_ids / unseen_occurrences: of those, not in the reference data (None without one).
+    """
+
+    key: str
+    table: str
+    num_embeddings: int
+    ids: int
+    rows: int
+    colliding: int
+    occurrences: int
+    unseen_ids: int | None = None
+    unseen_occurrences: int | None = None
+
+    @property
+    def collision_rate(self) -> float:
+        """Share of distinct ids that share a row with another distinct id."""
+        return self.colliding / self.ids if self.ids else 0.0
+
+    @property
+    def expected_rate(self) -> float:
+        """The collision rate of a uniformly random map of ``ids`` ids to ``num_embeddings`` rows."""
+        return 1.0 - (1.0 - 1.0 / self.num_embeddings) ** max(self.ids - 1, 0)
+
+
+def hash_stats(
+    spec: FeatureSpec,
+    data: dict[str, IdCounts],
+    reference: dict[str, IdCounts] | None = None,
+    *,
+    shared_tables: bool = True,
+) -> list[HashStats]:
+    """Per hash-mapped key (from :func:`collect_ids`): distinct ids, rows used, collisions and, given the
+    ``reference`` split's ids, the ids (and occurrences) unseen there. With ``shared_tables``, a table that
+    several keys hash into also gets a line ``table:NAME`` for all their ids together (the collisions that
+    matter for it)."""
+    entries = [(hk.key, hk.table, [hk.key]) for hk in hashed_keys(spec)]
+    if shared_tables:
+        by_table: dict[str, list[str]] = {}
+        for key, table, _ in entries:
+            by_table.setdefault(table.name, []).append(key)
+        entries += [(f"table:{t}", spec.table(t), ks) for t, ks in by_table.items() if len(ks) > 1]
+    out = []
+    for name, table, keys in entries:
+        ids = IdCounts.union([data[k] for k in keys])
+        ref = IdCounts.union([reference[k] for k in keys]) if reference is not None else None
+        out.append(_stats_of(name, table, ids, ref))
+    return out
+
+
+def _stats_of(name: str, table: TableSpec, ids: IdCounts, ref: IdCounts | None) -> HashStats:
+    """One :class:`HashStats` line."""
+    rows = ids.hashes % np.uint64(table.num_embeddings)
+    _, per_row = np.unique(rows, return_counts=True)
+    unseen_ids = unseen_occ = None
+    if ref is not None:
+        pos = np.searchsorted(ref.hashes, ids.hashes)
+        seen = pos < len(ref.hashes)
+        seen[seen] = ref.hashes[pos[seen]] == ids.hashes[seen]
+        unseen_ids, unseen_occ = int((~seen).sum()), int(ids.counts[~seen].sum())
+    return HashStats(
+        key=name,
+        table=table.name,
+        num_embeddings=table.num_embeddings,
+        ids=len(ids.hashes),
+        rows=len(per_row),
+        colliding=int(per_row[per_row > 1].sum()),
+        occurrences=int(ids.counts.sum()),
+        unseen_ids=unseen_ids,
+        unseen_occurrences=unseen_occ,
+    )
+
+
+def _pct(part: int | None, whole: int) -> str:
+    """``part`` as a percentage of ``whole`` ("-" when unknown)."""
+    return "-" if part is None else f"{100.0 * part / whole:.2f}%" if whole else "0.00%"
+
+
+def format_hash_stats(stats: list[HashStats]) -> str:
+    """The stats as an aligned text table (one line per key), with a legend."""
+    with_ref = any(s.unseen_ids is not None for s in stats)
+    head = ["feature", "table", "num_embeddings", "distinct ids", "rows used", "collision rate", "uniform"]
+    head += ["unseen ids", "unseen occ."] if with_ref else []
+    lines = [head]
+    for s in stats:
+        line = [s.key, s.table, f"{s.num_embeddings:,}", f"{s.ids:,}", f"{s.rows:,}"]
+        line += [_pct(s.colliding, s.ids), f"{100.0 * s.expected_rate:.2f}%"]
+        if with_ref:
+            line += [_pct(s.unseen_ids, s.ids), _pct(s.unseen_occurrences, s.occurrences)]
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    text = [
+        "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in lines
+    ]
+    text.append("collision rate: share of the distinct ids that share their row with another distinct id;")
+    text.append("uniform: the same for a uniformly random map of as many ids to as many rows.")
+    if with_ref:
+        text.append(
+            "unseen: ids absent from the reference, and their occurrences (rows of data; list entries"
+        )
+        text.append("for id_list/sequence features) as a share of all occurrences.")
+    return "\n".join(text)

@@ -1,14 +1,28 @@
-"""Raw ids -> table rows, vectorised (the data layer maps ids; TorchRec's managed-collision modules do not
-shard on CPU)."""
+"""Raw ids -> table rows, vectorised. The data layer maps ids: TorchRec's managed-collision (MCH/ZCH) modules
+shard row-wise only, which TorchRec does not offer on CPU. ``hash`` is crossrank's own stable hash
+(:mod:`crossrank.features.hashing`)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from crossrank.features.errors import InputError
+from crossrank.features.hashing import hash_rows
 from crossrank.features.spec import IdMapping, TableSpec
+
+
+def _hashed(values: pa.Array | np.ndarray, n: int, *, where: str, feature: str, spec_path: str) -> np.ndarray:
+    """Rows by crossrank's own 64-bit hash (features/hashing.py), or an InputError for non-id values."""
+    try:
+        return hash_rows(values, n)
+    except TypeError as e:
+        raise InputError(
+            f"feature '{feature}' cannot hash its ids: {e}",
+            where=where,
+            spec=spec_path,
+            fix="write integer or string ids (e.g. cast float ids to int64 when preparing the data).",
+        ) from None
 
 
 def map_ids(
@@ -25,25 +39,21 @@ def map_ids(
     Args:
         values: flat raw ids, int or string, no nulls (callers fill or reject nulls first).
         table: the table the ids index.
-        mapping: ``hash`` (stable across processes and runs, unlike Python's ``hash``) or ``identity``.
-        where / feature / spec_path: named in the error raised for out-of-range ids under ``oov: error``.
+        mapping: ``hash`` (the same rows in every process, machine and library version) or ``identity``.
+        where / feature / spec_path: named in the errors (out-of-range ids under ``oov: error``, non-ids).
 
     Returns:
         (rows, n_oov): int64 rows in ``[0, num_embeddings)``, and how many ids went to the OOV row.
 
     Example::
 
-        rows, n_oov = map_ids(pa.array([3, 7]), TableSpec("t", 10, 8), IdMapping("identity", "clip"),
-                              where="f.parquet", feature="user_id", spec_path="spec.yaml")
+        rows, n_oov = map_ids(pa.array([3, 7]), TableSpec("t", 10, 8), IdMapping("hash"), where="f.parquet",
+                              feature="user_id", spec_path="spec.yaml")
     """
-    arr = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else np.asarray(values)
     n = table.num_embeddings
     if mapping.type == "hash":
-        # pandas' hash_array is a fixed-key SipHash-style mix: identical on every rank and every run.
-        # Integers are widened first so an id hashes the same whatever column width stored it.
-        arr = arr.astype(np.int64) if arr.dtype.kind in "iu" else arr
-        hashed = pd.util.hash_array(arr, categorize=arr.dtype == object)
-        return (hashed % np.uint64(n)).astype(np.int64), 0
+        return _hashed(values, n, where=where, feature=feature, spec_path=spec_path), 0
+    arr = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else np.asarray(values)
     if arr.dtype.kind not in "iu":
         raise InputError(
             f"feature '{feature}' maps ids by identity but the column holds {arr.dtype} values.",

@@ -267,7 +267,10 @@ def _parse_mapping(raw: Any, src: str, feat: str, problems: list[Problem]) -> Id
         problems.append(Problem(src, feat, f"mapping must be a mapping, got {raw!r}.", _MAPPING_FIX))
         return IdMapping()
     kind, oov = raw.get("type", "hash"), raw.get("oov", "error")
-    if kind not in ("hash", "identity"):
+    if isinstance(kind, str) and kind.lower() in _MANAGED_COLLISION:
+        problems.append(Problem(src, feat, _MANAGED_COLLISION_WHAT.format(kind=kind), _MANAGED_COLLISION_FIX))
+        kind = "hash"
+    elif kind not in ("hash", "identity"):
         problems.append(Problem(src, feat, f"unknown mapping type {kind!r}.", _MAPPING_FIX))
         kind = "hash"
     if oov not in ("error", "clip"):
@@ -280,6 +283,18 @@ def _parse_mapping(raw: Any, src: str, feat: str, problems: list[Problem]) -> Id
 
 
 _MAPPING_FIX = "write `mapping: {type: hash}` or `mapping: {type: identity, oov: error|clip}`."
+# TorchRec's managed-collision modules (MCH/ZCH remapping) shard row-wise only; its sharders offer no
+# row-wise sharding for pooled tables on CPU, so they cannot run (or be tested) on CPU with gloo.
+_MANAGED_COLLISION = ("mch", "zch")
+_MANAGED_COLLISION_WHAT = (
+    "mapping type {kind!r} (TorchRec managed collision) is not supported: TorchRec shards those modules "
+    "row-wise only, which it does not offer for pooled tables on CPU (gloo), so crossrank maps ids in the "
+    "data layer with its stable hash instead."
+)
+_MANAGED_COLLISION_FIX = (
+    "write `mapping: {type: hash}` and size the table's num_embeddings from the collision rate that "
+    "`crossrank features check SPEC --data TRAIN` prints for the feature."
+)
 
 
 def _build(cls: type, raw: Any, src: str, what: str, problems: list[Problem], **extra: Any) -> Any:

@@ -322,10 +322,11 @@ def test_failure_leaves_no_partial_files(tmp_path: Path, monkeypatch: pytest.Mon
             raise RuntimeError("boom")
         return draw(*args, **kwargs)
 
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(synthetic_job, "_draw_rows", failing_draw)
     with pytest.raises(RuntimeError, match="boom"):
         prepare_synthetic(tmp_path, config)
-    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file()]
-    # No temporary files, and no summary.json claiming a complete data set.
-    assert not [name for name in leftovers if name.startswith(".")]
-    assert "summary.json" not in leftovers
+    # The earlier complete output is left exactly as it was, and no temporary file or folder remains.
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")] == []

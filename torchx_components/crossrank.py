@@ -12,6 +12,10 @@ Examples::
         --config configs/ml1m.yaml -j 2x8 --gpu 8 -- train.epochs=4
 """
 
+import os
+import shlex
+import sys
+
 # TorchX builds the CLI from these annotations: keep typing.Optional/Dict/List, which 0.7 understands.
 from typing import Dict, List, Optional, Tuple
 
@@ -25,9 +29,35 @@ def _set_args(overrides: Tuple[str, ...]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
+def _find_torchrun() -> str:
+    """Shell run before ``torchrun``: when the job's PATH has no ``torchrun`` (``torchx`` called by path,
+    without activating its virtual environment: ``local_cwd`` passes on torchx's own PATH), add the folder of
+    the Python running torchx, which holds the torchrun of the same installation. In an image, torchrun is on
+    PATH and this folder (a path of the submitting machine) is never used. If torchrun is still missing, the
+    job fails at once with the fix, on stderr and in torchelastic's error file (what ``torchx status`` shows).
+    """
+    here = os.path.dirname(os.path.abspath(sys.executable))
+    message = (
+        f"crossrank: error: torchrun is not on PATH in the job, nor in {here} (next to the Python that ran "
+        "torchx). Fix: activate the environment that has torch (source .venv/bin/activate) or, in an image, "
+        "install torch."
+    )
+    error = '{"message": {"message": "%s", "extraInfo": {"timestamp": "%s"}}}'
+    return (
+        f'command -v torchrun >/dev/null || PATH="$PATH":{shlex.quote(here)}; '
+        f'command -v torchrun >/dev/null || {{ m={shlex.quote(message)}; echo "$m" >&2; '
+        f'[ -z "$TORCHELASTIC_ERROR_FILE" ] || printf {shlex.quote(error)} "$m" "$(date +%s)" '
+        '> "$TORCHELASTIC_ERROR_FILE"; exit 127; }; '
+    )
+
+
 def _ddp(cli_args: List[str], **launch: object) -> specs.AppDef:
-    """``python -m crossrank.pipeline.cli CLI_ARGS`` on every process of a ``dist.ddp`` job (torchrun inside)."""
-    return dist.ddp(*cli_args, m="crossrank.pipeline.cli", **launch)
+    """``python -m crossrank.pipeline.cli CLI_ARGS`` on every process of a ``dist.ddp`` job (torchrun inside),
+    finding torchrun when torchx was started without its environment on PATH (see ``_find_torchrun``)."""
+    app = dist.ddp(*cli_args, m="crossrank.pipeline.cli", **launch)
+    for role in app.roles:  # entrypoint "bash", args ["-c", "torchrun ..."]
+        role.args = [arg if i != 1 else _find_torchrun() + arg for i, arg in enumerate(role.args)]
+    return app
 
 
 def train(
@@ -44,6 +74,8 @@ def train(
     max_retries: int = 0,
     rdzv_port: int = 29500,
     mounts: Optional[List[str]] = None,
+    init_from: Optional[str] = None,
+    init_optimizer: bool = False,
 ) -> specs.AppDef:
     """Train the crossrank ranker: shards its tables over all ``-j`` processes (TorchRec planner,
     DistributedModelParallel), validates each epoch and writes metrics.json to the config's run_dir.
@@ -62,9 +94,17 @@ def train(
         max_retries: restarts allowed on failure
         rdzv_port: rank 0's rendezvous port (multi-node)
         mounts: volume mounts, e.g. type=bind,src=/data,dst=/data
+        init_from: warm start from another run's checkpoint or run folder (new features / tables keep their
+            initialiser, grown tables their common rows; step, epoch and metrics start fresh)
+        init_optimizer: with init_from, also load the optimizer state of the loaded weights
     """
+    args = ["train", "--config", config]
+    if init_from:
+        args += ["--init-from", init_from]
+    if init_optimizer:
+        args.append("--init-optimizer")
     return _ddp(
-        ["train", "--config", config, *_set_args(overrides)],
+        [*args, *_set_args(overrides)],
         image=image,
         name=name,
         h=h,
@@ -85,6 +125,7 @@ def score(
     output: str,
     passthrough: str = "",
     batch_size: int = 4096,
+    overwrite: bool = False,
     j: str = "1x2",
     image: str = DEFAULT_IMAGE,
     name: str = "crossrank-score",
@@ -107,6 +148,8 @@ def score(
         output: output folder (part-NNNNN.parquet per input row group, and _manifest/)
         passthrough: comma-separated input columns copied to the output
         batch_size: rows per forward pass per process
+        overwrite: replace the scores in output written with another checkpoint, input or passthrough list
+            (refused otherwise)
         j: {nnodes}x{nproc_per_node}
         image: container image (ignored by local_cwd)
         name: job name
@@ -123,6 +166,8 @@ def score(
     args += ["--batch-size", str(batch_size)]
     if passthrough:
         args += ["--passthrough", passthrough]
+    if overwrite:
+        args.append("--overwrite")
     return _ddp(
         args,
         image=image,

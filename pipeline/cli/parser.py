@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_evaluate(sub)
     _add_report(sub)
+    _add_plan(sub)
     return parser
 
 
@@ -53,6 +54,11 @@ def _add_prepare_movielens(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "--n-valid", type=int, default=10, help="rows per user before test for validation (default 10)"
     )
     ml.add_argument("--row-group-size", type=int, default=32768, help="Parquet rows per row group")
+    ml.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT_DIR even when it is not empty and not an earlier output of this command (refused otherwise)",
+    )
     ml.set_defaults(fn=commands.prepare_movielens)
 
 
@@ -70,6 +76,24 @@ def _add_prepare_synthetic(sub: argparse._SubParsersAction[argparse.ArgumentPars
     syn.add_argument("--max-len", type=int, default=100)
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--row-group-size", type=int, default=16384)
+    syn.add_argument(
+        "--days",
+        type=int,
+        default=1,
+        help="cut the rows into N consecutive days: OUT/date=YYYY-MM-DD/{train,valid,test}/ (default 1)",
+    )
+    syn.add_argument("--start-date", default="2026-11-20", help="the first day with --days (YYYY-MM-DD)")
+    syn.add_argument(
+        "--new-item-frac",
+        type=float,
+        default=0.0,
+        help="with --days: share of each domain's item ids hidden from day 1 (they launch on day 2)",
+    )
+    syn.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT_DIR even when it is not empty and not an earlier output of this command (refused otherwise)",
+    )
     syn.set_defaults(fn=commands.prepare_synthetic)
 
 
@@ -85,20 +109,42 @@ def _add_prepare_ranking(sub: argparse._SubParsersAction[argparse.ArgumentParser
     rk.add_argument("--negatives", type=int, default=99)
     rk.add_argument("--users", type=int, default=0, help="sample this many users (0: all)")
     rk.add_argument("--seed", type=int, default=0)
+    rk.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DATA_DIR/ranking even when it is not empty and not an earlier output of this command (refused otherwise)",
+    )
     rk.set_defaults(fn=commands.prepare_ranking)
 
 
 def _add_features(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``crossrank features check SPEC [--data PATH... [--data PATH...]] [--reference PATH...]``."""
     feat = sub.add_parser("features", help="feature spec tools")
     feat_sub = feat.add_subparsers(dest="action", required=True)
     check = feat_sub.add_parser(
         "check",
         help="validate a feature spec (and data against it), reporting every problem at once",
         description="Checks the spec (tables, domains, kinds, mappings, dims) and, with --data, every Parquet "
-        "file: columns, types, empty files and ids beyond their table.",
+        "file: columns, types, empty files and ids beyond their table. For features with `mapping: hash` it "
+        "prints a table: distinct ids, table rows they land on, the collision rate (beside that of a uniformly "
+        "random map, to size num_embeddings) and, with --reference, the ids and occurrences unseen there.",
     )
     check.add_argument("spec", help="feature spec YAML")
-    check.add_argument("--data", action="append", help="Parquet file or folder to check (repeatable)")
+    check.add_argument(
+        "--data",
+        action="append",
+        nargs="+",
+        metavar="PATH",
+        help="Parquet file(s), folder(s) or glob(s) checked as one data set; repeat the flag to check "
+        "several data sets separately",
+    )
+    check.add_argument(
+        "--reference",
+        nargs="+",
+        metavar="PATH",
+        help="data to compare the hash-mapped ids against (e.g. the train split when checking valid): "
+        "adds the share of ids and of occurrences not seen there",
+    )
     check.add_argument("--no-label", action="store_true", help="data has no label column (scoring input)")
     check.set_defaults(fn=commands.features_check)
 
@@ -122,6 +168,18 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="continue from this checkpoint or run folder (default: the run folder's latest complete "
         "checkpoint, if any; 'never' starts afresh)",
     )
+    tr.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT_OR_RUN_DIR",
+        help="warm start a new run from another run's checkpoint (a run folder: its best, else latest "
+        "checkpoint): matching weights are loaded, new features/tables keep their initialiser, grown tables "
+        "keep their common rows; step, epoch and metrics start fresh. A resumable run resumes instead",
+    )
+    tr.add_argument(
+        "--init-optimizer",
+        action="store_true",
+        help="with --init-from, also load the optimizer state of the loaded weights",
+    )
     tr.set_defaults(fn=commands.train)
 
 
@@ -130,8 +188,9 @@ def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "score",
         help="offline batch scoring: a checkpoint and Parquet in, Parquet with row id, domain and score out",
         description="Ranks split the input by (file, row group); each unit's scores are written atomically "
-        "to OUTPUT/part-NNNNN.parquet and recorded in OUTPUT/_manifest, so a restarted job skips finished "
-        "units and every input row gets exactly one output row. Runs on any number of processes, whatever "
+        "to OUTPUT/part-NNNNN.parquet and recorded in OUTPUT/_manifest with the unit's file identity and the "
+        "checkpoint's, so a restarted job skips finished units, rescores changed ones and drops those gone: "
+        "every current input row gets exactly one output row. Runs on any number of processes, whatever "
         "the world size the checkpoint was written with.",
     )
     sc.add_argument(
@@ -141,6 +200,12 @@ def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sc.add_argument("--output", required=True, help="output folder")
     sc.add_argument("--batch-size", type=int, default=4096)
     sc.add_argument("--passthrough", help="comma-separated input columns copied to the output")
+    sc.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the scores in OUTPUT when they were written with another checkpoint, input or "
+        "passthrough list (refused otherwise)",
+    )
     sc.set_defaults(fn=commands.score)
 
 
@@ -167,3 +232,37 @@ def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     rep.add_argument("run_dir", help="the run folder (holds metrics.json)")
     rep.add_argument("--oracle", help="oracle.json of synthetic data: prints the oracle AUC and the ratio")
     rep.set_defaults(fn=commands.report)
+
+
+def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pl = sub.add_parser(
+        "plan",
+        help="the TorchRec sharding plan and per-rank memory of a spec on a simulated GPU cluster (no GPU needed)",
+        description="Builds the model on the meta device (nothing is allocated) with the config's model and "
+        "sparse optimizer, runs TorchRec's EmbeddingShardingPlanner on a simulated CUDA topology of HOSTS x "
+        "GPUS_PER_HOST devices, and prints per table the sharding type, compute kernel and ranks, and per "
+        "rank the planner's HBM / DDR estimate; exits with 2 and the tables' sizes when they do not fit.",
+    )
+    pl.add_argument("spec", help="feature spec YAML")
+    pl.add_argument(
+        "--config", help="job config YAML: its model section (and train.sparse_optimizer) is planned"
+    )
+    pl.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value"
+    )
+    pl.add_argument("--hosts", type=int, required=True, help="number of hosts")
+    pl.add_argument("--gpus-per-host", type=int, required=True, help="GPUs per host (local world size)")
+    pl.add_argument("--hbm-gb", type=float, default=80.0, help="HBM per GPU in GiB (default 80)")
+    pl.add_argument(
+        "--ddr-gb", type=float, default=128.0, help="host memory per GPU rank in GiB (default 128)"
+    )
+    pl.add_argument("--batch-size", type=int, help="rows per batch per rank (default: the config's data)")
+    pl.add_argument(
+        "--rows",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TABLE=N",
+        help="what-if: plan TABLE with N rows instead of the spec's num_embeddings (e.g. item_A=2e9)",
+    )
+    pl.set_defaults(fn=commands.plan)

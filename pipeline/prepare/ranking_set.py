@@ -21,6 +21,7 @@ import pyarrow.dataset as ds
 from crossrank.features.errors import InputError
 from crossrank.features.files import list_parquet_files
 from crossrank.pipeline.core.atomic import AtomicParquetWriter, write_json_atomic
+from crossrank.pipeline.core.outdir import check_target, read_json, replaced_folder
 
 SPLITS = ("train", "valid", "test")
 
@@ -80,9 +81,20 @@ def _sample_negatives(
 
 
 def prepare_ranking(
-    data_dir: Path, *, negatives: int = 99, users: int = 0, seed: int = 0, chunk_groups: int = 512
+    data_dir: Path,
+    *,
+    negatives: int = 99,
+    users: int = 0,
+    seed: int = 0,
+    chunk_groups: int = 512,
+    overwrite: bool = False,
 ) -> RankingSummary:
-    """Build ``data_dir/ranking`` from prepared data (``train/``, ``valid/``, ``test/``).
+    """Build ``data_dir/ranking`` (and ``data_dir/ranking.json``) from prepared data (``train/``,
+    ``valid/``, ``test/``).
+
+    ``ranking/`` is written into a hidden sibling folder that replaces it when complete, and
+    ``ranking.json`` is removed before that swap and written after it: a failed run leaves the earlier
+    output as it was, and ``ranking.json`` never describes another run's rows.
 
     Args:
         data_dir: prepared data (the data contract's columns).
@@ -90,6 +102,7 @@ def prepare_ranking(
         users: evaluate this many randomly chosen users (0: all), to bound evaluation cost.
         seed: sampling seed.
         chunk_groups: groups written per chunk (bounds memory: each row repeats the positive's histories).
+        overwrite: replace ``data_dir/ranking`` even when it holds something else.
     """
     data_dir = Path(data_dir)
     if not (data_dir / "test").exists():
@@ -98,6 +111,12 @@ def prepare_ranking(
         )
     if negatives < 1:
         raise InputError(f"negatives must be >= 1, got {negatives}.", fix="e.g. --negatives 99.")
+    check_target(
+        data_dir / "ranking",
+        is_own=is_ranking_output,
+        overwrite=overwrite,
+        command="crossrank prepare ranking",
+    )
     rated, catalog = _rated_keys(data_dir)
     # One generator for the user sample, then every negative: the seed fixes the whole protocol.
     rng = np.random.default_rng(seed)
@@ -105,12 +124,15 @@ def prepare_ranking(
     group_size = negatives + 1
     out = data_dir / "ranking" / "part-00000.parquet"
     counts: Counter[str] = Counter()
-    with AtomicParquetWriter(out, positives.schema, row_group_size=chunk_groups * group_size) as writer:
-        for start in range(0, positives.num_rows, chunk_groups):
-            chunk = positives.slice(start, chunk_groups)
-            items, chunk_counts = _group_items(chunk, rated, catalog, negatives, rng, str(data_dir))
-            counts.update(chunk_counts)
-            writer.write(_expand_groups(chunk, items, start))
+    with replaced_folder(out.parent) as stage:
+        size = chunk_groups * group_size
+        with AtomicParquetWriter(stage / out.name, positives.schema, row_group_size=size) as writer:
+            for start in range(0, positives.num_rows, chunk_groups):
+                chunk = positives.slice(start, chunk_groups)
+                items, chunk_counts = _group_items(chunk, rated, catalog, negatives, rng, str(data_dir))
+                counts.update(chunk_counts)
+                writer.write(_expand_groups(chunk, items, start))
+        (data_dir / "ranking.json").unlink(missing_ok=True)  # last before the swap: never a stale description
     summary = RankingSummary(
         groups=dict(sorted(counts.items())),
         negatives=negatives,
@@ -122,6 +144,12 @@ def prepare_ranking(
         data_dir / "ranking.json",
     )
     return summary
+
+
+def is_ranking_output(folder: Path) -> bool:
+    """Whether ``folder`` (``DATA_DIR/ranking``) is a complete earlier ``prepare ranking`` output."""
+    described = isinstance(read_json(folder.parent / "ranking.json"), dict)
+    return described and {p.name for p in folder.iterdir()} <= {"part-00000.parquet"}
 
 
 def _held_out_positives(data_dir: Path, users: int, rng: np.random.Generator) -> pa.Table:

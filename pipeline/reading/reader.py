@@ -288,11 +288,33 @@ class BlockConverter:
             jagged[key] = (mask.astype(np.int32), rows)
 
         self.stats.rows += n
-        rid = table.column(spec.row_id)
-        row_ids = (
-            rid.to_numpy().astype(np.int64) if pa.types.is_integer(rid.type) else np.full(n, -1, np.int64)
-        )
+        row_ids = self._row_ids(table, where)
         return Block(self._dense(table, where), self._labels(table, where), domains, row_ids, jagged)
+
+    def _row_ids(self, table: pa.Table, where: str) -> np.ndarray:
+        """The row ids as int64 (-1 for string ids); an InputError for null or repeated ids."""
+        column = self.spec.row_id
+        rid = table.column(column).combine_chunks()
+        if rid.null_count:
+            raise InputError(
+                f"row id column '{column}' has {rid.null_count} null value(s).",
+                where=where,
+                spec=self.spec.path,
+                fix="give every row its own id when preparing the data.",
+            )
+        distinct = pc.count_distinct(rid).as_py()
+        if distinct < len(rid):
+            counts = pc.value_counts(rid)
+            repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+            raise InputError(
+                f"row id column '{column}' repeats {len(rid) - distinct} id(s) (e.g. {repeated[:3].to_pylist()}).",
+                where=where,
+                spec=self.spec.path,
+                fix="row ids must be unique: scores and metrics are matched to rows by id.",
+            )
+        if pa.types.is_integer(rid.type):
+            return rid.to_numpy().astype(np.int64)
+        return np.full(len(rid), -1, np.int64)
 
     def _domains(self, table: pa.Table, where: str) -> np.ndarray:
         cand = self.spec.candidate

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from crossrank.features.spec import FeatureSpec, load_spec
 from crossrank.pipeline.core.distributed import DistContext
-from crossrank.pipeline.training.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
+from crossrank.pipeline.training.checkpoint import (
+    describe_checkpoint,
+    load_checkpoint,
+    read_meta,
+    resolve_checkpoint,
+)
 from crossrank.pipeline.training.config import JobConfig, config_from_dict
 from crossrank.pipeline.training.sharding import ShardedRanker, build_sharded_model
 
@@ -24,8 +29,11 @@ class LoadedModel:
 
 def load_for_inference(checkpoint: str | Path, ctx: DistContext) -> LoadedModel:
     """Build the model a checkpoint was trained as, planned for *this* world size, and load its weights
-    (DCP reshards them); the optimizer state is not read."""
+    (DCP reshards them); the optimizer state is not read. A run folder means its best checkpoint, else its
+    latest; rank 0 prints which one is used."""
     path = resolve_checkpoint(checkpoint)
+    if ctx.is_main:
+        print(f"using {describe_checkpoint(checkpoint, path)}")
     meta = read_meta(path)
     spec = load_spec(path / "spec.yaml")
     cfg = config_from_dict(meta["config"], str(path / "meta.json"))

@@ -2,10 +2,13 @@
 
 Scoring splits the input into (file, row group) units balanced over the ranks by rows. Each unit's scores
 go to one Parquet file, ``OUT/part-NNNNN.parquet``, written atomically, and then to a manifest entry,
-``OUT/_manifest/part-NNNNN.json``. A restart skips the units that have an entry, so every input row gets
-exactly one output row even across crashes. No rank reads more than one row group at a time. Every rank
-runs the same number of forward passes (padded with empty batches), so the sharded model's collectives
-never wait on a rank that has finished.
+``OUT/_manifest/part-NNNNN.json``, that records the unit's file identity and the checkpoint's. A restart
+skips the units whose entry matches, rescores changed units and removes the parts of units that are gone,
+and a run with another checkpoint or input is refused unless ``overwrite`` (see
+:mod:`crossrank.pipeline.scoring.output`), so the output holds every current input row exactly once, even
+across crashes. No rank reads more than one row group at a time. Every rank runs the same number of forward
+passes (padded with empty batches), so the sharded model's collectives never wait on a rank that has
+finished.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from crossrank.features.errors import InputError
-from crossrank.features.spec import FeatureSpec
+from crossrank.features.spec import FeatureSpec, load_spec
 from crossrank.pipeline.core.atomic import write_json_atomic, write_parquet_atomic
 from crossrank.pipeline.core.distributed import DistContext, all_reduce_max, init_distributed
 from crossrank.pipeline.reading.batch import Batch
@@ -34,7 +38,9 @@ from crossrank.pipeline.reading.reader import (
     empty_batch,
     read_unit,
 )
+from crossrank.pipeline.scoring import output as output_folder
 from crossrank.pipeline.scoring.model import LoadedModel, load_for_inference
+from crossrank.pipeline.training.checkpoint import resolve_checkpoint
 
 
 @dataclass
@@ -45,14 +51,11 @@ class ScoreResult:
     units_scored: int
     units_skipped: int
     wall_s: float
+    parts_removed: int = 0  # stale parts (changed or vanished units, another job's output) removed first
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / max(self.wall_s, 1e-9)
-
-
-def _part_name(index: int) -> str:
-    return f"part-{index:05d}"
 
 
 def _scores(model: torch.nn.Module, batch: Batch, ctx: DistContext) -> torch.Tensor:
@@ -70,16 +73,19 @@ class _Job:
     output: Path
     batch_size: int
     passthrough: list[str]
+    record: dict[str, Any]  # the job record (input, checkpoint identity, passthrough)
 
 
 @dataclass(frozen=True)
 class _Plan:
     """This rank's share of the input."""
 
-    index: dict[Unit, int]  # every unit of the input -> its part number
+    names: dict[Unit, str]  # every unit of the input -> its part name
+    identity: dict[Unit, dict[str, Any]]  # every unit -> its file identity (manifest entries record it)
     mine: list[Unit]  # the units assigned to this rank
-    todo: list[Unit]  # those without a manifest entry yet
+    todo: list[Unit]  # those without a valid manifest entry yet
     total_steps: int  # forward passes every rank runs: the most any rank needs
+    removed: int  # stale parts removed before scoring
 
 
 def _check_passthrough(units: list[Unit], passthrough: list[str]) -> None:
@@ -93,16 +99,27 @@ def _check_passthrough(units: list[Unit], passthrough: list[str]) -> None:
             )
 
 
-def _plan(job: _Job, input_path: str | Path) -> _Plan:
-    """Split the input into units, pick this rank's unfinished ones, and agree on the step count."""
+def _plan(job: _Job, input_path: str | Path, overwrite: bool) -> _Plan:
+    """Split the input into units, tidy the output folder (rank 0, while the others wait), pick this rank's
+    unfinished units, and agree on the step count."""
     units = discover_units(job.spec, input_path, with_label=False)
     _check_passthrough(units, job.passthrough)
-    index = {u: i for i, u in enumerate(units)}
+    identities = output_folder.unit_identities(units)
+    state = output_folder.check_output(
+        job.output, job.record, overwrite
+    )  # every rank, before anything changes
+    all_reduce_max(0, job.ctx)  # a barrier: every rank has checked the folder
+    removed = (
+        output_folder.tidy_output(job.output, job.record, identities, state.clear) if job.ctx.is_main else 0
+    )
+    removed = all_reduce_max(removed, job.ctx)  # and a barrier: the folder is tidy
+    done = output_folder.valid_entries(job.output, job.record, identities)
+    names = dict(zip(units, output_folder.part_names(identities, done), strict=True))
+    identity = dict(zip(units, identities, strict=True))
     mine = assign_units(units, job.ctx.world_size)[job.ctx.rank]
-    manifest = job.output / "_manifest"
-    todo = [u for u in mine if not (manifest / f"{_part_name(index[u])}.json").is_file()]
+    todo = [u for u in mine if not output_folder.is_done(identity[u], done)]
     steps = sum(-(-u.num_rows // job.batch_size) for u in todo)
-    return _Plan(index, mine, todo, all_reduce_max(steps, job.ctx))
+    return _Plan(names, identity, mine, todo, all_reduce_max(steps, job.ctx), removed)
 
 
 class _UnitLoader:
@@ -138,12 +155,13 @@ def _output_table(job: _Job, table: pa.Table, scores: torch.Tensor) -> pa.Table:
     )
 
 
-def _commit(output: Path, name: str, unit: Unit, out: pa.Table) -> None:
-    # Scores first, then the manifest entry: a crash in between only means the unit is scored again.
-    write_parquet_atomic(out, output / f"{name}.parquet", row_group_size=max(1, out.num_rows))
+def _commit(job: _Job, name: str, unit: Unit, identity: dict[str, Any], out: pa.Table) -> None:
+    # Scores first, then the manifest entry: a crash in between only means the unit is scored again (the
+    # part without an entry is removed when the job restarts).
+    write_parquet_atomic(out, job.output / f"{name}.parquet", row_group_size=max(1, out.num_rows))
     write_json_atomic(
-        {"file": str(unit.file), "row_group": unit.row_group, "rows": out.num_rows},
-        output / "_manifest" / f"{name}.json",
+        output_folder.manifest_entry(unit, identity, job.record, out.num_rows),
+        job.output / output_folder.MANIFEST / f"{name}.json",
     )
 
 
@@ -167,7 +185,8 @@ def _score_units(job: _Job, plan: _Plan, bar: tqdm, start: float) -> tuple[int, 
             for w in writes:  # stop at the first failed write, as a crash would
                 if w.done():
                     w.result()
-            writes.append(writer_pool.submit(_commit, job.output, _part_name(plan.index[unit]), unit, out))
+            name, identity = plan.names[unit], plan.identity[unit]
+            writes.append(writer_pool.submit(_commit, job, name, unit, identity, out))
             rows += out.num_rows
             bar.update(out.num_rows)
             bar.set_postfix(rows_per_s=f"{rows / (time.perf_counter() - start):,.0f}")
@@ -185,15 +204,19 @@ def score(
     *,
     batch_size: int = 4096,
     passthrough: list[str] | None = None,
+    overwrite: bool = False,
 ) -> ScoreResult:
     """Score every row of ``input_path`` (a Parquet file or folder; labels not needed) into ``output``.
 
     Output columns: the spec's row id, ``domain`` (the candidate's domain), ``score`` (float32 click
-    probability), then the ``passthrough`` columns, in input order within each unit.
+    probability), then the ``passthrough`` columns, in input order within each unit. An output folder
+    written with another checkpoint, input or passthrough list is an InputError unless ``overwrite``
+    (then it is cleared first).
     """
-    spec = loaded.spec
-    job = _Job(spec, loaded.sharded.model, ctx, Path(output), batch_size, list(passthrough or []))
-    plan = _plan(job, input_path)
+    spec, cols = loaded.spec, list(passthrough or [])
+    record = output_folder.job_record(loaded.checkpoint, input_path, cols)
+    job = _Job(spec, loaded.sharded.model, ctx, Path(output), batch_size, cols, record)
+    plan = _plan(job, input_path, overwrite)
     bar = tqdm(
         total=sum(u.num_rows for u in plan.todo),
         desc="score",
@@ -206,19 +229,40 @@ def score(
     for _ in range(plan.total_steps - done):  # keep step with ranks that still have units
         _scores(job.model, empty_batch(spec, batch_size), ctx)
     bar.close()
-    return ScoreResult(rows, len(plan.todo), len(plan.mine) - len(plan.todo), time.perf_counter() - start)
+    wall_s = time.perf_counter() - start
+    return ScoreResult(rows, len(plan.todo), len(plan.mine) - len(plan.todo), wall_s, plan.removed)
+
+
+def _check_before_loading(
+    checkpoint: Path, input_path: str, output: Path, cols: list[str], overwrite: bool
+) -> None:
+    """The cheap checks, before the model is built: the output folder (a file? writable? another job's?),
+    the checkpoint's spec, and the input's files and schema."""
+    output_folder.check_output(output, output_folder.job_record(checkpoint, input_path, cols), overwrite)
+    units = discover_units(load_spec(checkpoint / "spec.yaml"), input_path, with_label=False)
+    _check_passthrough(units, cols)
 
 
 def run_score(
-    checkpoint: str, input_path: str, output: str, batch_size: int, passthrough: list[str]
+    checkpoint: str,
+    input_path: str,
+    output: str,
+    batch_size: int,
+    passthrough: list[str],
+    overwrite: bool = False,
 ) -> ScoreResult:
     """The ``crossrank score`` job (one rank of possibly many)."""
     ctx = init_distributed()
-    loaded = load_for_inference(checkpoint, ctx)
-    result = score(loaded, input_path, output, ctx, batch_size=batch_size, passthrough=passthrough)
+    path = resolve_checkpoint(checkpoint)
+    _check_before_loading(path, input_path, Path(output), passthrough, overwrite)
+    loaded = load_for_inference(checkpoint, ctx)  # resolves it again, and says which one it uses
+    result = score(
+        loaded, input_path, output, ctx, batch_size=batch_size, passthrough=passthrough, overwrite=overwrite
+    )
     if ctx.is_main:
+        removed = f", {result.parts_removed} stale part(s) removed" if result.parts_removed else ""
         print(
             f"scored {result.rows:,} rows on rank 0 ({result.units_scored} unit(s), {result.units_skipped} already "
-            f"done) in {result.wall_s:.1f}s, {result.rows_per_s:,.0f} rows/s; output in {output}"
+            f"done{removed}) in {result.wall_s:.1f}s, {result.rows_per_s:,.0f} rows/s; output in {output}"
         )
     return result

@@ -117,8 +117,11 @@ class JobConfig:
 
 def _coerce_paths(value: Any, where: str) -> str | list[str]:
     """A path field: one string, or a list of strings (an override ``[a, b]`` is parsed as YAML)."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        value = yaml.safe_load(value)
+    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:  # e.g. [a/date={date-1}, a/date={date}]: braces are YAML flow syntax
+            value = [v.strip().strip("'\"") for v in value.strip()[1:-1].split(",") if v.strip()]
     if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         return value
     raise InputError(

@@ -3,6 +3,7 @@ with a fused in-backward sparse optimizer and an Adam dense optimizer."""
 
 from __future__ import annotations
 
+import linecache
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from crossrank.models.ranker import RankerTrain, build_ranker, embedding_modules
 from crossrank.pipeline.core.distributed import DistContext
 from crossrank.pipeline.training.config import JobConfig
 
+# Share of each device's memory the planner keeps free for activations and buffers (training and `plan`).
+STORAGE_RESERVATION = 0.15
 SPARSE_OPTIMIZER_CLASSES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "rowwise_adagrad": (RowWiseAdagrad, {}),
     "adagrad": (torch.optim.Adagrad, {}),
@@ -50,7 +53,11 @@ def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> 
     torch.manual_seed(cfg.train.seed)
     try:
         ranker, params = build_ranker(spec, cfg.model, device=torch.device("meta"))
+    except InputError:
+        raise
     except ValueError as e:  # hyper-parameters that do not fit the spec (e.g. D not divisible by heads)
+        if not _raised_by_model_checks(e):
+            raise  # a bug, in crossrank or below it: keep its traceback
         raise InputError(
             str(e), where=f"model section with spec {spec.path}", fix="adjust model.encoder."
         ) from None
@@ -66,7 +73,7 @@ def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> 
             kernel_config=KernelConfig(compute_device=ctx.device.type),
         ),
         batch_size=cfg.data.batch_size,
-        storage_reservation=FixedPercentageStorageReservation(0.15),
+        storage_reservation=FixedPercentageStorageReservation(STORAGE_RESERVATION),
     )
     sharders = get_default_sharders()
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
@@ -77,6 +84,21 @@ def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> 
     )
     optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
     return ShardedRanker(dmp, optimizer, plan, params, ranker.orthogonality_directions)
+
+
+def _raised_by_model_checks(e: ValueError) -> bool:
+    """Whether ``e`` comes from a ``raise`` statement of crossrank's model code (its checks of the model
+    config against the spec), not from a failing call there or inside torch."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    frame = tb.tb_frame
+    line = linecache.getline(frame.f_code.co_filename, tb.tb_lineno).strip()
+    return str(frame.f_globals.get("__name__", "")).startswith("crossrank.models.") and line.startswith(
+        "raise "
+    )
 
 
 def describe_plan(plan: ShardingPlan) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from crossrank.features.errors import InputError
 from crossrank.pipeline.core.atomic import write_json_atomic
+from crossrank.pipeline.core.outdir import check_target, earlier_output, replaced_folder
 from crossrank.pipeline.prepare.movielens.domains import _movie_domains, _rating_domains, load_domain_map
 from crossrank.pipeline.prepare.movielens.formats import SourceFormat, detect_format
 from crossrank.pipeline.prepare.movielens.movies import _read_movies
@@ -43,54 +44,62 @@ def prepare_movielens(
     n_test: int = 10,
     n_valid: int = 10,
     row_group_size: int = 32768,
+    overwrite: bool = False,
 ) -> PrepareSummary:
     """Turn a GroupLens MovieLens folder into ``OUT_DIR/{train,valid,test}/part-00000.parquet`` and summary.
 
-    See the package docstring for the data contract. Every file is written atomically; ``summary.json`` is
-    written last, so its presence means the three splits are complete.
+    See the package docstring for the data contract. The output is written into a hidden sibling folder and
+    swapped into place when complete (``crossrank.pipeline.core.outdir``): a failed run leaves the earlier
+    output as it was.
 
     Args:
         src_dir: the unpacked MovieLens folder (ml-100k, ml-1m/ml-10m or ml-latest/ml-20m/ml-25m layout).
-        out_dir: the output folder (created; existing split files are replaced).
+        out_dir: the output folder: new, empty or an earlier ``prepare movielens`` output (replaced).
         domains: a YAML domain map (see ``load_domain_map``), or None for ``DEFAULT_DOMAINS``.
         max_len: keep the most recent ``max_len`` events of each history (>= 1).
         n_test: per user, the last ``n_test`` rows go to test (>= 1).
         n_valid: per user, the ``n_valid`` rows before them go to valid (>= 0).
         row_group_size: rows per Parquet row group.
+        overwrite: replace ``out_dir`` even when it holds something else.
 
     Returns:
         The summary (also in ``OUT_DIR/summary.json``).
 
     Raises:
-        InputError: bad options, a missing or unrecognised folder, a malformed file, a bad domain map.
+        InputError: bad options, a missing or unrecognised folder, a malformed file, a bad domain map, an
+            output folder holding something else (without ``overwrite``).
     """
     t0 = time.perf_counter()
     _check_args(max_len, n_test, n_valid, row_group_size)
     domain_map = load_domain_map(domains)
     names = list(domain_map)
     src_dir, out_dir = Path(src_dir), Path(out_dir)
+    check_target(
+        out_dir, is_own=is_movielens_output, overwrite=overwrite, command="crossrank prepare movielens"
+    )
     fmt = detect_format(src_dir)
     movies = _read_movies(src_dir / fmt.movies, fmt)
     movie_dom, unused = _movie_domains(movies["genre"].to_numpy(), domain_map)
     rows = _read_rows(src_dir, fmt, movies, movie_dom, t0)
     rows, dropped_ratings, dropped_items = _drop_unmapped(rows, domains)
-    stats = _write_splits(out_dir, sort_rows(rows), names, max_len, n_test, n_valid, row_group_size)
-    summary = PrepareSummary(
-        source_format=fmt.name,
-        src_dir=str(src_dir),
-        out_dir=str(out_dir),
-        domains=names,
-        domain_map=domain_map,
-        max_len=max_len,
-        n_test=n_test,
-        n_valid=n_valid,
-        splits=stats,
-        dropped_ratings=dropped_ratings,
-        dropped_items=dropped_items,
-        catalog_items_per_domain={d: int(np.count_nonzero(movie_dom == i)) for i, d in enumerate(names)},
-        unused_genres=unused,
-    )
-    write_json_atomic(summary.to_json(), out_dir / SUMMARY_NAME)
+    with replaced_folder(out_dir) as stage:
+        stats = _write_splits(stage, sort_rows(rows), names, max_len, n_test, n_valid, row_group_size)
+        summary = PrepareSummary(
+            source_format=fmt.name,
+            src_dir=str(src_dir),
+            out_dir=str(out_dir),
+            domains=names,
+            domain_map=domain_map,
+            max_len=max_len,
+            n_test=n_test,
+            n_valid=n_valid,
+            splits=stats,
+            dropped_ratings=dropped_ratings,
+            dropped_items=dropped_items,
+            catalog_items_per_domain={d: int(np.count_nonzero(movie_dom == i)) for i, d in enumerate(names)},
+            unused_genres=unused,
+        )
+        write_json_atomic(summary.to_json(), stage / SUMMARY_NAME)
     log.info("prepared %s in %.1fs", out_dir, time.perf_counter() - t0)
     return summary
 
@@ -161,20 +170,6 @@ def _drop_unmapped(rows: Rows, domains: Path | None) -> tuple[Rows, int, int]:
     return rows, dropped_ratings, dropped_items
 
 
-def _make_out_dir(out_dir: Path) -> None:
-    """Create the output folder and remove its ``summary.json`` (the mark of a complete output)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(
-            f"cannot create the output folder ({e.strerror})",
-            where=str(out_dir),
-            fix="pass a folder path that is not a file and that you can write to.",
-        ) from None
-    # Dropped before any split file is replaced, so a failure midway leaves no summary claiming completeness.
-    (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
-
-
 def _write_splits(
     out_dir: Path,
     rows: Rows,
@@ -187,7 +182,7 @@ def _write_splits(
     """Split the rows, find their histories and write the three split files.
 
     Args:
-        out_dir: the output folder (created here).
+        out_dir: the (empty) folder to write into.
         rows: all rows, in ``sort_rows`` order.
         names: the domain names, in column order.
         max_len: history truncation length.
@@ -199,7 +194,6 @@ def _write_splits(
         The counts of each split, and of ``all``.
     """
     split, hist = split_and_histories(rows, len(names), n_test, n_valid)
-    _make_out_dir(out_dir)
     stats: dict[str, SplitStats] = {}
     for s, split_name in enumerate(SPLITS):
         idx = np.flatnonzero(split == s)
@@ -210,3 +204,9 @@ def _write_splits(
         log.info("wrote %s (%s rows)", path, f"{idx.size:,}")
     stats["all"] = _split_stats(rows.user, rows.item, rows.dom, rows.label, names)
     return stats
+
+
+def is_movielens_output(folder: Path) -> bool:
+    """Whether ``folder`` is a complete ``prepare movielens`` output (with, maybe, ``prepare ranking``'s)."""
+    names = {*SPLITS, SUMMARY_NAME, "ranking", "ranking.json"}
+    return earlier_output(folder, names.__contains__, ("source_format", "splits"))

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from crossrank.pipeline.core.atomic import write_json_atomic
 from crossrank.pipeline.core.auc import roc_auc
+from crossrank.pipeline.core.outdir import check_target, earlier_output, replaced_folder
 from crossrank.pipeline.prepare.synthetic.config import SyntheticConfig
 from crossrank.pipeline.prepare.synthetic.rows import _draw_rows, _Rows, _rows_table, output_schema
 from crossrank.pipeline.prepare.synthetic.summary import SplitSummary, SyntheticSummary
@@ -59,25 +60,48 @@ def _json_float(x: float) -> float | None:
     return None if x != x else float(x)  # NaN (one class missing) is not valid JSON
 
 
-def prepare_synthetic(out_dir: Path, config: SyntheticConfig) -> SyntheticSummary:
+def prepare_synthetic(out_dir: Path, config: SyntheticConfig, *, overwrite: bool = False) -> SyntheticSummary:
     """Generate the synthetic data set into ``out_dir``.
 
     Writes ``train/``, ``valid/``, ``test/`` (``part-NNNNN.parquet``), ``oracle.json`` and, last,
-    ``summary.json``, the mark of a complete data set. Earlier ``part-*.parquet`` files in those
-    folders and an earlier summary / oracle are removed first, so a smaller rerun leaves nothing stale.
+    ``summary.json``, the mark of a complete data set, into a hidden sibling folder that replaces
+    ``out_dir`` when complete (``crossrank.pipeline.core.outdir``): a rerun leaves nothing stale, and a
+    failed run leaves the earlier output as it was.
 
     Args:
-        out_dir: output folder (created if missing).
+        out_dir: output folder: new, empty or an earlier ``prepare synthetic`` output (replaced).
         config: generator arguments.
+        overwrite: replace ``out_dir`` even when it holds something else.
 
     Returns:
         The summary also written to ``summary.json``.
+
+    Raises:
+        InputError: bad arguments, or an output folder holding something else (without ``overwrite``).
     """
     config.validate()
-    started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_target(
+        out_dir, is_own=is_synthetic_output, overwrite=overwrite, command="crossrank prepare synthetic"
+    )
+    with replaced_folder(out_dir) as stage:
+        return _generate(stage, out_dir, config)
+
+
+def is_synthetic_output(folder: Path) -> bool:
+    """Whether ``folder`` is a complete ``prepare synthetic`` output: one day (with, maybe, ``prepare
+    ranking``'s output) or several (``--days``)."""
+    one_day = {*SPLITS, "summary.json", "oracle.json", "ranking", "ranking.json"}
+    return earlier_output(folder, one_day.__contains__, ("splits", "params")) or earlier_output(
+        folder, lambda name: name == "summary.json" or name.startswith("date="), ("days", "first_new_item")
+    )
+
+
+def _generate(stage: Path, out_dir: Path, config: SyntheticConfig) -> SyntheticSummary:
+    """Write the data set into the empty folder ``stage``; the summary names ``out_dir``."""
+    started = time.perf_counter()
     schema = output_schema(config.domains)
-    writers = _open_splits(out_dir, schema, config)
+    writers = _open_splits(stage, schema, config)
     stats = {split: _SplitStats(users=np.zeros(config.users, dtype=bool)) for split in SPLITS}
     try:
         totals = _write_rows(config, schema, writers, stats)
@@ -97,7 +121,7 @@ def prepare_synthetic(out_dir: Path, config: SyntheticConfig) -> SyntheticSummar
         "positive_rate": {s: splits[s].positive_rate for s in SPLITS},
         "params": params,
     }
-    write_json_atomic(oracle, out_dir / "oracle.json")
+    write_json_atomic(oracle, stage / "oracle.json")
     summary = SyntheticSummary(
         out_dir=str(out_dir),
         splits=splits,
@@ -107,20 +131,16 @@ def prepare_synthetic(out_dir: Path, config: SyntheticConfig) -> SyntheticSummar
         seconds=round(time.perf_counter() - started, 3),
         params=params,
     )
-    write_json_atomic(summary.to_json(), out_dir / "summary.json")
+    write_json_atomic(summary.to_json(), stage / "summary.json")
     return summary
 
 
 def _open_splits(out_dir: Path, schema: pa.Schema, config: SyntheticConfig) -> dict[str, _SplitWriter]:
-    """Clear ``out_dir`` of an earlier run's summary, oracle and parts; a writer per split."""
-    for name in ("summary.json", "oracle.json"):  # summary.json marks a complete data set: not any more
-        (out_dir / name).unlink(missing_ok=True)
+    """A writer per split, into ``out_dir/<split>/`` (created)."""
     writers: dict[str, _SplitWriter] = {}
     for split in SPLITS:
         folder = out_dir / split
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("part-*.parquet"):  # a smaller rerun must not leave old parts behind
-            stale.unlink()
         writers[split] = _SplitWriter(folder, schema, config.row_group_size, config.values_per_part)
     return writers
 
