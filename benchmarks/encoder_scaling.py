@@ -1,51 +1,85 @@
-"""ELASTIC vs the quadratic self-attention baseline (fused SDPA) vs DIN: time and peak memory over history length.
+"""ELASTIC against the encoders a user could pick instead, side by side: time and peak memory over history length.
 
-    python benchmarks/encoder_scaling.py            # the full table (B=32, D=64, K=16, H=4; ~10 min on 2 cores)
-    python benchmarks/encoder_scaling.py --quick     # L in {256, 1024}, fewer repeats
+    python benchmarks/encoder_scaling.py            # L in {1024, 4096, 16384}, 5 timed steps per case (long)
+    python benchmarks/encoder_scaling.py --quick    # L in {1024, 4096}, 3 timed steps, no memory-bank table
 
-Every (encoder, L, mode) runs in a fresh subprocess, so peak memory is not polluted by earlier runs.
-*Time*: median of ``--repeats`` runs after one warm-up. *Peak memory*: the peak resident set size (RSS,
-``getrusage`` ru_maxrss) of that subprocess during its first measured step, minus its RSS just before the
-step (inputs and weights already allocated) — i.e. the activations, attention maps and gradients the step
-itself needs. Self-attention runs whose estimated attention maps exceed ``--mem-budget-gb`` are skipped and
-reported as such (they would exhaust this machine's memory).
+Rows, per history length L and mode (``inference``: forward under ``no_grad``; ``train``: forward + backward):
 
-The row "written-out softmax attention (reference)" is the self-attention encoder with its attention step
-written out (scores, mask, softmax, weighted sum, [B, H, L, L] maps held), as SASRec-style rankers do; the
-model itself uses ``F.scaled_dot_product_attention`` (a fused kernel on CPU).
+- ``elastic``: the ELASTIC encoder (:class:`~crossrank.models.elastic.ElasticEncoder`: dispatcher + interest
+  memory bank) on the jagged batch, with the kernels it picks for the device.
+- ``elastic_dense_floor``: the same arithmetic on a batch that is already dense and padded ([B, L, D] and a
+  mask): padded ``bmm`` + masked softmax over positions (:class:`DensePaddedElastic`; the mask is applied
+  even where nothing is padded, as a padded pipeline does). The compute floor ELASTIC's jagged layout is
+  measured against; padding the jagged batch into it is not timed.
+- ``self_attention``: :class:`~crossrank.models.baselines.SelfAttentionEncoder`, fused
+  ``F.scaled_dot_product_attention`` (the baseline a user would pick).
+- ``din`` and ``mean``: DIN-style target attention over every event, and the jagged mean.
+- ``self_attention_written_out``: written-out softmax attention holding [B, H, L, L] score maps, a labelled
+  reference; skipped where those maps would exceed ``--mem-budget-gb`` (the table says so).
 
-The second table is the jagged case: one batch with skewed lengths (median 50, max 4096) against a batch
-with the same total number of events at uniform length.
+Protocol: every (encoder, lengths, mode) runs in a fresh subprocess, so cases share no allocator state. In
+it: one warm-up step; then one memory step: free heap memory is returned to the OS (``malloc_trim``), the
+kernel's high-water mark is reset (``5`` written to ``/proc/self/clear_refs``) and the step's peak memory is
+the growth of ``VmHWM`` (``/proc/self/status``) over the resident set just before it, i.e. what the step
+itself allocates (activations, gradients, workspaces; inputs and weights excluded); then ``--repeats`` N
+timed steps, reported as their median (N is printed, the same for every row). ``--rounds R`` runs every
+case in R processes, interleaved with the other cases, and reports the median over them (for shared, noisy
+machines); ``--threads`` sets torch's intra-op threads of every case (default: torch's default).
+
+The jagged table compares one batch with skewed lengths (median ~50, one user at 4096) with a batch of
+uniform lengths and the same total events; the memory-bank table (full run only) varies ELASTIC's memory rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import math
-import os
-import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from crossrank.models.attention import block_softmax_pool
 from crossrank.models.baselines import SelfAttentionEncoder
+from crossrank.models.elastic import ElasticConfig, ElasticEncoder
+from crossrank.models.sequence import build_sequence_encoder
 
+ROOT = Path(__file__).resolve().parents[1]
 B, D, K, H = 32, 64, 16, 4
-LENGTHS = (256, 1024, 4096, 16384)
-WRITTEN_OUT = "self_attention_written_out"
-ENCODERS = ("elastic", "self_attention", "din", WRITTEN_OUT)
-LABELS = {WRITTEN_OUT: "written-out softmax attention (reference)"}
+LENGTHS, QUICK_LENGTHS = (1024, 4096, 16384), (1024, 4096)
+ELASTIC, FLOOR, SDPA, DIN, MEAN, WRITTEN_OUT = (
+    "elastic",
+    "elastic_dense_floor",
+    "self_attention",
+    "din",
+    "mean",
+    "self_attention_written_out",
+)
+ENCODERS = (ELASTIC, FLOOR, SDPA, DIN, MEAN, WRITTEN_OUT)
+LABELS = {
+    ELASTIC: "ELASTIC",
+    FLOOR: "dense padded ELASTIC (floor)",
+    SDPA: "SDPA self-attention",
+    DIN: "DIN",
+    MEAN: "mean",
+    WRITTEN_OUT: "written-out softmax attention (reference)",
+}
+Result = dict[str, float] | str
 
 
 class WrittenOutSelfAttention(SelfAttentionEncoder):
     """:class:`SelfAttentionEncoder` with the attention written out: the [B, H, L, L] score maps are
-    materialised (masked, softmaxed, multiplied with V), so it costs what standard self-attention costs.
-    The reference row of the tables; same weights and outputs as the fused encoder.
+    materialised (masked, softmaxed, multiplied with V), as SASRec-style rankers do. Same weights and
+    outputs as the fused encoder.
 
     Example::
 
@@ -60,196 +94,336 @@ class WrittenOutSelfAttention(SelfAttentionEncoder):
         return torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1) @ v
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+class DensePaddedElastic(nn.Module):
+    """ELASTIC's arithmetic (one dispatcher layer, slot mixing, the memory read) on a batch that is already
+    dense and padded: recency, LayerNorm, the folded key/value GEMM, masked softmax over positions and one
+    ``bmm`` per head. Shares the weights of ``encoder``; the compute floor of the jagged encoder.
+
+    Shapes:
+        padded [B, L, D], lengths [B], mask [B, L] bool (True at events) -> [B, K, D].
+
+    Example::
+
+        floor = DensePaddedElastic(ElasticEncoder(64, ElasticConfig(), name="A"))
+        out = floor(torch.rand(2, 5, 64), torch.tensor([5, 3]), torch.arange(5) < torch.tensor([[5], [3]]))
+    """
+
+    def __init__(self, encoder: ElasticEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, padded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        disp = self.encoder.dispatcher
+        back = (lengths.unsqueeze(1) - 1 - torch.arange(padded.shape[1])).clamp(min=0)
+        recency = torch.frexp(back.double()).exponent.long().clamp(max=disp.num_buckets - 1)
+        logits, values = disp.logits_and_values(0, padded + disp.recency(recency))
+        slots = disp.out[0](block_softmax_pool(logits, values, disp.heads, mask))
+        slots = torch.where((lengths == 0).reshape(-1, 1, 1), disp.empty.unsqueeze(0), slots)
+        return self.encoder.read_memory(disp.mixers[0](slots))
+
+
+def status_kb(field: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in kB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def step_peak_mb(step: Callable[[], object]) -> float:
+    """Growth of the process high-water mark during one call of ``step`` (MB), after returning free heap
+    memory to the OS and resetting the mark to the current resident set."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kb("VmRSS")
+    step()
+    return max(status_kb("VmHWM") - before, 0) / 1024
+
+
+def build_step(encoder: str, lengths: list[int], mode: str, memory_size: int) -> Callable[[], object]:
+    """Build one case's encoder and inputs (seeded); return its step (forward, + backward in train mode)."""
+    torch.manual_seed(0)
+    cfg = ElasticConfig(num_slots=K, num_heads=H, num_layers=1, memory_size=memory_size, memory_topk=8)
+    train = mode == "train"
+    lens = torch.tensor(lengths)
+    if encoder == FLOOR:
+        elastic = build_sequence_encoder(ELASTIC, D, cfg, "A")
+        assert isinstance(elastic, ElasticEncoder)
+        enc: nn.Module = DensePaddedElastic(elastic)
+        padded = torch.randn(len(lengths), max(lengths), D, requires_grad=train)
+        inputs: tuple[torch.Tensor, ...] = (padded, lens, torch.arange(max(lengths)) < lens.unsqueeze(1))
+    else:
+        enc = (
+            WrittenOutSelfAttention(D, cfg)
+            if encoder == WRITTEN_OUT
+            else build_sequence_encoder(encoder, D, cfg, "A")
+        )
+        values = torch.randn(int(lens.sum()), D, requires_grad=train)
+        inputs = (values, lens, torch.randn(len(lengths), D))
+
+    def step() -> object:
+        if not train:
+            with torch.no_grad():
+                return enc(*inputs)
+        enc.zero_grad(set_to_none=True)
+        enc(*inputs).square().mean().backward()
+        return None
+
+    return step
 
 
 def worker(encoder: str, lengths: list[int], mode: str, repeats: int, memory_size: int) -> dict[str, float]:
-    """Run in a fresh process: build the encoder and inputs, time ``repeats`` steps, report peak memory."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from crossrank.models.elastic import ElasticConfig
-    from crossrank.models.sequence import build_sequence_encoder
-
-    torch.manual_seed(0)
-    cfg = ElasticConfig(num_slots=K, num_heads=H, num_layers=1, memory_size=memory_size, memory_topk=8)
-    enc = (
-        WrittenOutSelfAttention(D, cfg)
-        if encoder == WRITTEN_OUT
-        else build_sequence_encoder(encoder, D, cfg, "A")
-    )
-    lens = torch.tensor(lengths)
-    values = torch.randn(int(lens.sum()), D, requires_grad=mode == "train")
-    cand = torch.randn(len(lengths), D)
-
-    def step() -> None:
-        if mode == "train":
-            enc.zero_grad(set_to_none=True)
-            enc(values, lens, cand).square().mean().backward()
-        else:
-            with torch.no_grad():
-                enc(values, lens, cand)
-
-    base = _rss_mb()
-    t0 = time.perf_counter()
+    """In a fresh process: warm up, measure one step's peak memory, then time ``repeats`` steps."""
+    step = build_step(encoder, lengths, mode, memory_size)
     step()
-    first = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    times = [first]
+    peak = step_peak_mb(step)
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    # The first step also pays one-off allocation; the median of the rest is the steady-state time.
-    return {"ms": 1000 * statistics.median(times[1:] or times), "peak_mb": max(peak, 0.0)}
+    return {"ms": 1000 * statistics.median(times), "n": float(repeats), "peak_mb": peak}
 
 
-def run_case(
-    encoder: str, lengths: list[int], mode: str, repeats: int, memory_size: int
-) -> dict[str, float] | str:
-    arg = json.dumps(
-        {"encoder": encoder, "lengths": lengths, "mode": mode, "repeats": repeats, "memory_size": memory_size}
-    )
-    proc = subprocess.run([sys.executable, __file__, "--worker", arg], capture_output=True, text=True)
+Case = tuple[str, tuple[int, ...], str, int]  # encoder, lengths, mode, memory rows
+
+
+def run_case(case: Case, repeats: int, threads: int) -> Result:
+    """One case in a fresh subprocess; an error string when it fails (e.g. killed for memory)."""
+    encoder, lengths, mode, memory_size = case
+    arg = {
+        "encoder": encoder,
+        "lengths": list(lengths),
+        "mode": mode,
+        "repeats": repeats,
+        "memory_size": memory_size,
+    }
+    cmd = [sys.executable, __file__, "--threads", str(threads), "--worker", json.dumps(arg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return (
-            "out of memory (killed)"
-            if proc.returncode in (-9, 137)
-            else f"failed: {proc.stderr.strip()[-200:]}"
-        )
+        killed = proc.returncode in (-9, 137)
+        return "out of memory (killed)" if killed else f"failed: {proc.stderr.strip()[-200:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def is_self_attention(encoder: str) -> bool:
-    return encoder in ("self_attention", WRITTEN_OUT)
+def run_cases(cases: list[Case], repeats: int, threads: int, rounds: int) -> dict[Case, Result]:
+    """Every case in its own process, ``rounds`` times, the rounds interleaved (case 1, 2, ..., 1, 2, ...);
+    a case's result is the median over rounds of its per-process medians (and peaks)."""
+    runs: dict[Case, list[Result]] = {c: [] for c in cases}
+    for r in range(rounds):
+        for case in cases:
+            runs[case].append(run_case(case, repeats, threads))
+            enc, lengths, mode, _ = case
+            print(
+                f"  round {r + 1}/{rounds} {mode:9s} L={max(lengths):6d} {enc:27s} {runs[case][-1]}",
+                file=sys.stderr,
+            )
+    merged: dict[Case, Result] = {}
+    for case, results in runs.items():
+        ok = [x for x in results if isinstance(x, dict)]
+        if len(ok) < len(results):
+            merged[case] = next(x for x in results if isinstance(x, str))
+            continue
+        merged[case] = {k: statistics.median(x[k] for x in ok) for k in ok[0]} | {"rounds": float(rounds)}
+    return merged
 
 
-def sa_estimate_gb(length: int, mode: str) -> float:
-    """Memory of self-attention's [B, H, L, L] score maps: 2 alive in inference, ~4 in a train step."""
-    return (2 if mode == "inference" else 4) * B * H * length * length * 4 / 2**30
+def written_out_gb(length: int, mode: str, batch: int = B) -> float:
+    """Memory of the written-out attention's [B, H, L, L] maps: ~2 alive in inference, ~4 in a train step."""
+    return (2 if mode == "inference" else 4) * batch * H * length * length * 4 / 2**30
 
 
-def normal_quantiles(n: int) -> np.ndarray:  # noqa: F821 (numpy imported by the caller)
-    """The n quantiles (i + 0.5) / n of the standard normal, via the inverse error function in torch."""
-    p = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    return (2**0.5 * torch.erfinv(2 * p - 1)).numpy()
-
-
-def fmt(r: dict[str, float] | str | None, key: str) -> str:
-    if r is None:
-        return "-"
-    if isinstance(r, str):
-        return r
-    return f"{r[key]:,.1f}"
-
-
-def scaling_table(lengths: tuple[int, ...], repeats: int, budget_gb: float, memory_size: int) -> dict:
-    results: dict[tuple[str, int, str], dict[str, float] | str] = {}
+def scaling_results(
+    lengths: tuple[int, ...],
+    budget_gb: float,
+    memory_size: int,
+    run: Callable[[list[Case]], dict[Case, Result]],
+) -> dict[tuple[str, int, str], Result]:
+    """Every encoder x L x mode on uniform lengths (B users of L events); the written-out attention is
+    skipped where its score maps would exceed the budget."""
+    results: dict[tuple[str, int, str], Result] = {}
+    cases: dict[tuple[str, int, str], Case] = {}
     for mode in ("inference", "train"):
         for length in lengths:
             for enc in ENCODERS:
-                if is_self_attention(enc) and sa_estimate_gb(length, mode) > budget_gb:
-                    results[(enc, length, mode)] = f"skipped (needs ~{sa_estimate_gb(length, mode):.0f} GB)"
-                    continue
-                reps = repeats if length <= 4096 else max(1, repeats // 2)
-                results[(enc, length, mode)] = run_case(enc, [length] * B, mode, reps, memory_size)
-                print(f"  {mode:9s} L={length:6d} {enc:15s} {results[(enc, length, mode)]}", file=sys.stderr)
-    return results
+                if enc == WRITTEN_OUT and written_out_gb(length, mode) > budget_gb:
+                    gb = written_out_gb(length, mode)
+                    results[(enc, length, mode)] = f"skipped: [B,H,L,L] maps need ~{gb:.0f} GB"
+                else:
+                    cases[(enc, length, mode)] = (enc, (length,) * B, mode, memory_size)
+    measured = run(list(cases.values()))
+    return results | {key: measured[case] for key, case in cases.items()}
 
 
-def print_scaling(results: dict, lengths: tuple[int, ...]) -> None:
-    print(
-        f"\n### Encoder scaling (B={B}, D={D}, K={K}, H={H}; time = median ms, memory = step peak RSS MB)\n"
-    )
-    print(
-        "| mode | L | ELASTIC ms | self-attn ms | DIN ms | ELASTIC MB | self-attn MB | DIN MB | SA/ELASTIC time | ELASTIC memory saving "
-        f"| {LABELS[WRITTEN_OUT]} ms | {LABELS[WRITTEN_OUT]} MB |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for mode in ("inference", "train"):
-        for length in lengths:
-            e, s, d, w = (results.get((enc, length, mode)) for enc in ENCODERS)
-            ratio = saving = "-"
-            if isinstance(e, dict) and isinstance(s, dict):
-                ratio = f"{s['ms'] / e['ms']:.1f}x"
-                saving = f"{100 * (1 - e['peak_mb'] / s['peak_mb']):.1f}%" if s["peak_mb"] > 0 else "-"
-            print(
-                f"| {mode} | {length} | {fmt(e, 'ms')} | {fmt(s, 'ms')} | {fmt(d, 'ms')} | {fmt(e, 'peak_mb')} | "
-                f"{fmt(s, 'peak_mb')} | {fmt(d, 'peak_mb')} | {ratio} | {saving} | {fmt(w, 'ms')} | {fmt(w, 'peak_mb')} |"
-            )
+def cell(r: Result | None, key: str) -> str:
+    if r is None:
+        return "-"
+    return r if isinstance(r, str) else f"{r[key]:,.1f}"
 
 
-def jagged_case(repeats: int, memory_size: int, budget_gb: float) -> None:
-    import numpy as np
+def ratio(num: Result | None, den: Result | None, key: str) -> str:
+    """num / den of a metric, or '-' when either is missing."""
+    if isinstance(num, dict) and isinstance(den, dict) and den[key] > 0:
+        return f"{num[key] / den[key]:.2f}x"
+    return "-"
 
-    # Lognormal quantiles around median 50 (deterministic), the longest user pinned at 4096.
-    skewed = np.clip(np.round(50 * np.exp(1.3 * normal_quantiles(B))), 1, 4096).astype(int)
+
+def print_scaling(
+    results: dict[tuple[str, int, str], Result], lengths: tuple[int, ...], repeats: int, rounds: int
+) -> None:
+    """The time table, the memory table (one column per encoder) and their ratios."""
+    head = " | ".join(LABELS[e] for e in ENCODERS)
+    rows = [(length, mode) for mode in ("inference", "train") for length in lengths]
+    reps = f"median of N = {repeats} steps" + (f", median over {rounds} processes" if rounds > 1 else "")
+    print(f"\n### Time (ms per step, {reps}; B={B}, D={D}, K={K}, H={H})\n")
+    print(f"| L | mode | {head} | SDPA / ELASTIC | ELASTIC / floor |")
+    print("|" + " --- |" * (len(ENCODERS) + 4))
+    for length, mode in rows:
+        r = {e: results.get((e, length, mode)) for e in ENCODERS}
+        cells = " | ".join(cell(r[e], "ms") for e in ENCODERS)
+        print(
+            f"| {length} | {mode} | {cells} | {ratio(r[SDPA], r[ELASTIC], 'ms')} | {ratio(r[ELASTIC], r[FLOOR], 'ms')} |"
+        )
+    print("\n### Peak memory (MB: growth of VmHWM during one step, after resetting it)\n")
+    print(f"| L | mode | {head} | ELASTIC / SDPA |")
+    print("|" + " --- |" * (len(ENCODERS) + 3))
+    for length, mode in rows:
+        r = {e: results.get((e, length, mode)) for e in ENCODERS}
+        cells = " | ".join(cell(r[e], "peak_mb") for e in ENCODERS)
+        print(f"| {length} | {mode} | {cells} | {ratio(r[ELASTIC], r[SDPA], 'peak_mb')} |")
+
+
+def skewed_lengths() -> tuple[list[int], list[int]]:
+    """B lengths from lognormal quantiles around 50 (deterministic), the longest pinned at 4096 (~16x the
+    rest's mean), and B uniform lengths with the same total."""
+    p = (torch.arange(B, dtype=torch.float64) + 0.5) / B
+    quantiles = 2**0.5 * torch.erfinv(2 * p - 1)
+    skewed = (50 * torch.exp(1.3 * quantiles)).round().clamp(1, 4096).long().tolist()
     skewed[-1] = 4096
-    total = int(skewed.sum())
-    uniform = [total // B + (1 if i < total % B else 0) for i in range(B)]
+    total = sum(skewed)
+    return skewed, [total // B + (1 if i < total % B else 0) for i in range(B)]
+
+
+def jagged_case(
+    memory_size: int, encoders: tuple[str, ...], run: Callable[[list[Case]], dict[Case, Result]]
+) -> dict[tuple[str, str], tuple[Result, Result]]:
+    """Skewed vs uniform lengths with equal total events: the cost of raggedness."""
+    skewed, uniform = skewed_lengths()
+    modes = ("inference", "train")
+    cases = [(e, tuple(x), m, memory_size) for e in encoders for m in modes for x in (skewed, uniform)]
+    res = run(cases)
     print(
-        f"\n### Jagged efficiency: skewed lengths (median {int(np.median(skewed))}, max {skewed.max()}) vs uniform "
-        f"({uniform[0]}), same {total:,} events, B={B}\n"
+        f"\n### Jagged efficiency: skewed lengths (median {sorted(skewed)[B // 2]}, max {max(skewed)}) vs "
+        f"uniform ({uniform[0]}), same {sum(skewed):,} events, B={B}\n"
     )
     print("| encoder | mode | skewed ms | uniform ms | skewed / uniform |")
     print("| --- | --- | --- | --- | --- |")
-    for enc in ENCODERS:
-        for mode in ("inference", "train"):
-            label = LABELS.get(enc, enc)
-            if is_self_attention(enc) and sa_estimate_gb(int(skewed.max()), mode) > budget_gb:
-                print(
-                    f"| {label} | {mode} | skipped (pads to {skewed.max()}: needs ~{sa_estimate_gb(int(skewed.max()), mode):.0f} GB) | - | - |"
-                )
-                continue
-            s = run_case(enc, skewed.tolist(), mode, repeats, memory_size)
-            u = run_case(enc, uniform, mode, repeats, memory_size)
-            ratio = f"{s['ms'] / u['ms']:.2f}x" if isinstance(s, dict) and isinstance(u, dict) else "-"
-            print(f"| {label} | {mode} | {fmt(s, 'ms')} | {fmt(u, 'ms')} | {ratio} |")
+    out: dict[tuple[str, str], tuple[Result, Result]] = {}
+    for enc in encoders:
+        for mode in modes:
+            s, u = res[(enc, tuple(skewed), mode, memory_size)], res[(enc, tuple(uniform), mode, memory_size)]
+            out[(enc, mode)] = (s, u)
+            print(f"| {LABELS[enc]} | {mode} | {cell(s, 'ms')} | {cell(u, 'ms')} | {ratio(s, u, 'ms')} |")
+    return out
 
 
-def memory_bank_case(repeats: int) -> None:
-    print(
-        f"\n### Interest memory bank size (ELASTIC, L=1024, B={B}, top-8 per slot): cost is ~flat in rows\n"
-    )
+def memory_bank_case(run: Callable[[list[Case]], dict[Case, Result]]) -> None:
+    """ELASTIC at L=1024 with 0 to 2^20 memory rows: the read costs about the same at any size."""
+    sizes, modes = (0, 2**12, 2**16, 2**20), ("inference", "train")
+    res = run([(ELASTIC, (1024,) * B, m, size) for size in sizes for m in modes])
+    print(f"\n### Interest memory bank size (ELASTIC, L=1024, B={B}, top-8 per slot)\n")
     print("| memory rows | inference ms | train ms |")
     print("| --- | --- | --- |")
-    for size in (0, 2**12, 2**16, 2**20):
-        inf = run_case("elastic", [1024] * B, "inference", repeats, size)
-        tr = run_case("elastic", [1024] * B, "train", repeats, size)
-        print(f"| {size:,} | {fmt(inf, 'ms')} | {fmt(tr, 'ms')} |")
+    for size in sizes:
+        inf, tr = (res[(ELASTIC, (1024,) * B, m, size)] for m in modes)
+        print(f"| {size:,} | {cell(inf, 'ms')} | {cell(tr, 'ms')} |")
+
+
+def print_targets(
+    results: dict[tuple[str, int, str], Result],
+    lengths: tuple[int, ...],
+    jagged: dict[tuple[str, str], tuple[Result, Result]],
+) -> None:
+    """Issue 12's targets, read off the tables above."""
+    print("\n### Targets\n")
+    for mode in ("inference", "train"):
+        r = ratio(results.get((SDPA, 4096, mode)), results.get((ELASTIC, 4096, mode)), "ms")
+        print(f"- L=4096 {mode}: ELASTIC is {r} faster than SDPA self-attention (target >= 10x)")
+    for mode in ("inference", "train"):
+        mem = [
+            ratio(results.get((ELASTIC, n, mode)), results.get((SDPA, n, mode)), "peak_mb") for n in lengths
+        ]
+        floor = [ratio(results.get((ELASTIC, n, mode)), results.get((FLOOR, n, mode)), "ms") for n in lengths]
+        print(f"- {mode}: ELASTIC / SDPA peak memory at L={list(lengths)}: {mem} (target <= 1x)")
+        print(f"- {mode}: ELASTIC / dense floor time at L={list(lengths)}: {floor} (target <= 1.5x)")
+    for mode in ("inference", "train"):
+        s, u = jagged.get((ELASTIC, mode), ("-", "-"))
+        print(f"- {mode}: ELASTIC skewed / uniform batch: {ratio(s, u, 'ms')} (target <= 1.5x)")
+
+
+def header(args: argparse.Namespace) -> None:
+    """The exact command, versions, threads, commit and repeats, so the tables can be reproduced."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "models", "benchmarks"], capture_output=True, text=True
+    )
+    state = " + uncommitted changes in models/ or benchmarks/" if dirty.stdout.strip() else ""
+    print(f"Command: python {shlex.join(['benchmarks/encoder_scaling.py', *sys.argv[1:]])}")
+    print(f"Commit: {commit.stdout.strip() or 'unknown'}{state}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, device cpu, B={B}, D={D}, K={K}, H={H}, "
+        f"memory bank {args.memory_size:,} rows. Every case: a fresh process, 1 warm-up step, 1 memory step, "
+        f"then N = {args.repeats} timed steps (median); {args.rounds} process(es) per case, interleaved "
+        "(median over them)."
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="L in {256, 1024} only, fewer repeats")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="L in {1024, 4096}, 3 timed steps, 4 GB budget")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed steps per case, N (default 5; quick 3)"
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", help="history lengths L (default 1024 4096 16384)")
     parser.add_argument("--memory-size", type=int, default=2**16, help="ELASTIC interest memory rows")
     parser.add_argument(
-        "--mem-budget-gb", type=float, default=18.0, help="skip self-attention runs estimated above this"
+        "--mem-budget-gb",
+        type=float,
+        default=None,
+        help="skip the written-out attention above this estimate (default 18; quick 4)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="processes per case, interleaved; median of them"
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.worker:
         a = json.loads(args.worker)
         print(json.dumps(worker(a["encoder"], a["lengths"], a["mode"], a["repeats"], a["memory_size"])))
         return
-    lengths = LENGTHS[:2] if args.quick else LENGTHS
-    repeats = 2 if args.quick else args.repeats
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
-    results = scaling_table(lengths, repeats, args.mem_budget_gb, args.memory_size)
-    print_scaling(results, lengths)
-    e = {
-        (length, mode): results.get(("elastic", length, mode))
-        for length in lengths
-        for mode in ("inference", "train")
-    }
-    if not args.quick and all(isinstance(e[(n, "inference")], dict) for n in (1024, 16384)):
-        growth = e[(16384, "inference")]["ms"] / e[(1024, "inference")]["ms"]
-        print(f"\nELASTIC inference time L=16384 / L=1024: {growth:.1f}x (16x more events; target <= 20x)")
-    jagged_case(repeats, args.memory_size, args.mem_budget_gb)
-    memory_bank_case(repeats)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    budget = args.mem_budget_gb or (4.0 if args.quick else 18.0)
+    lengths = tuple(args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS))
+    header(args)
+
+    def run(cases: list[Case]) -> dict[Case, Result]:
+        return run_cases(cases, args.repeats, args.threads, args.rounds)
+
+    results = scaling_results(lengths, budget, args.memory_size, run)
+    print_scaling(results, lengths, args.repeats, args.rounds)
+    jagged_encoders = (ELASTIC, DIN, MEAN) if args.quick else (ELASTIC, DIN, MEAN, SDPA)
+    jagged = jagged_case(args.memory_size, jagged_encoders, run)
+    if not args.quick:
+        memory_bank_case(run)
+    print_targets(results, lengths, jagged)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""Attention building blocks shared by the encoders: jagged segment helpers, slot mixing, target attention."""
+"""Attention building blocks shared by the encoders: jagged segment helpers (fbgemm's jagged kernels, and
+the dense-block layout the CPU runs them in), slot mixing, target attention."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
 import torch
@@ -50,17 +53,193 @@ def headwise_jagged_pool(
     return pooled.reshape(h, batch, k, d).permute(1, 2, 0, 3).reshape(batch, k, h * d)
 
 
+@dataclass
+class SegmentBuckets:
+    """A jagged batch laid out as a few dense blocks of segments of similar length, for the CPU kernels.
+
+    fbgemm's CPU ``jagged_softmax`` / ``jagged_jagged_bmm`` loop over segments; dense ``softmax`` and ``bmm``
+    over padded blocks run several times faster. Segments are sorted by length (longest first, stable) and
+    grouped by :func:`plan_buckets`, so the padding stays small even when one history is far longer than
+    the rest. Uniform lengths make one block that is a view of the jagged rows (no copy); otherwise one
+    ``index_select`` gathers every block's rows (and its backward is one ``index_add``).
+
+    Attributes:
+        shapes: (segments n_b, padded length L_b) per block, in block order.
+        masks: [n_b, L_b] bool per block, False at padding; ``None`` for a block without padding.
+        rows: [sum n_b L_b] int64 jagged row of every block position, in block order (padding reads row 0);
+            ``None`` when the single block is the jagged rows themselves.
+        segments: [B] segment of each block row, empty segments last; ``None`` when that is 0..B-1.
+        batch: B.
+        positions: [sum L] int64 position of every jagged row among the block positions (``None`` with
+            ``rows``): :func:`unbucket_rows` reads per-event results back with it.
+    """
+
+    shapes: list[tuple[int, int]]
+    masks: list[torch.Tensor | None]
+    rows: torch.Tensor | None
+    segments: torch.Tensor | None
+    batch: int
+    positions: torch.Tensor | None = None
+
+
+# A block may pad up to BUCKET_SLACK x its events + BUCKET_OVERHEAD_ROWS rows (see plan_buckets).
+BUCKET_SLACK = 1.125
+BUCKET_OVERHEAD_ROWS = 2048
+
+
+def plan_buckets(
+    lengths: list[int], slack: float | None = None, overhead: int | None = None
+) -> list[list[int]]:
+    """Group the non-empty segments, longest first, into blocks padded to their first (longest) segment.
+
+    A block grows while its padded size stays within ``slack`` x its events + ``overhead`` rows (about what
+    one more block's kernel calls cost, in rows; defaults ``BUCKET_SLACK``, ``BUCKET_OVERHEAD_ROWS``), so
+    the padding is bounded and the blocks are few.
+
+    Example::
+
+        plan_buckets([3, 4096, 0, 1000, 990])  # [[1], [3, 4, 0]]
+    """
+    slack = BUCKET_SLACK if slack is None else slack
+    overhead = BUCKET_OVERHEAD_ROWS if overhead is None else overhead
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
+    blocks: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        top, end, events = lengths[order[start]], start + 1, lengths[order[start]]
+        while (
+            end < len(order) and (end - start + 1) * top <= slack * (events + lengths[order[end]]) + overhead
+        ):
+            events += lengths[order[end]]
+            end += 1
+        blocks.append(order[start:end])
+        start = end
+    return blocks
+
+
+def segment_buckets(lengths: torch.Tensor) -> SegmentBuckets:
+    """Plan the dense blocks of a jagged batch ([B] lengths; one host sync); see :class:`SegmentBuckets`."""
+    lens = lengths.long().cpu()
+    host = lens.tolist()
+    batch, device = len(host), lengths.device
+    if batch and host[0] > 0 and lens.eq(host[0]).all():
+        return SegmentBuckets([(batch, host[0])], [None], None, None, batch)
+    plan = plan_buckets(host)
+    starts = complete_offsets(lens)[:-1]
+    shapes, masks, rows, keeps = [], [], [], []
+    for segs in plan:
+        top, idx = host[segs[0]], torch.tensor(segs)
+        keeps.append(torch.arange(top) < lens[idx].unsqueeze(1))  # [n_b, L_b]
+        rows.append(torch.where(keeps[-1], starts[idx].unsqueeze(1) + torch.arange(top), 0).reshape(-1))
+        shapes.append((len(segs), top))
+        masks.append(None if bool(keeps[-1].all()) else keeps[-1].to(device))
+    order = [i for segs in plan for i in segs] + [i for i, n in enumerate(host) if n == 0]
+    rows_all = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+    keep_all = torch.cat([k.reshape(-1) for k in keeps]) if keeps else torch.zeros(0, dtype=torch.bool)
+    positions = torch.empty(sum(host), dtype=torch.long)
+    positions[rows_all[keep_all]] = torch.arange(rows_all.numel())[keep_all]
+    return SegmentBuckets(
+        shapes=shapes,
+        masks=masks,
+        rows=rows_all.to(device),
+        segments=None if order == list(range(batch)) else torch.tensor(order, device=device),
+        batch=batch,
+        positions=positions.to(device),
+    )
+
+
+def bucket_blocks(x: torch.Tensor, buckets: SegmentBuckets) -> list[torch.Tensor]:
+    """Jagged rows [sum L, C] -> one [n_b, L_b, C] block per bucket (padding positions hold arbitrary rows
+    of ``x``: mask them with ``buckets.masks``)."""
+    if not buckets.shapes:
+        return []
+    if buckets.rows is None:
+        return [x.view(*buckets.shapes[0], x.shape[1])]
+    flat = x.index_select(0, buckets.rows).split([nb * lb for nb, lb in buckets.shapes])
+    return [f.view(nb, lb, x.shape[1]) for f, (nb, lb) in zip(flat, buckets.shapes, strict=True)]
+
+
+def unbucket_rows(blocks: list[torch.Tensor], buckets: SegmentBuckets) -> torch.Tensor:
+    """Per-position block results [n_b, L_b, C] -> jagged rows [sum L, C] (padding positions dropped)."""
+    flat = (
+        torch.cat([b.reshape(-1, b.shape[-1]) for b in blocks])
+        if len(blocks) > 1
+        else blocks[0].flatten(0, 1)
+    )
+    return flat if buckets.positions is None else flat.index_select(0, buckets.positions)
+
+
+def segment_blocks(x: torch.Tensor, buckets: SegmentBuckets) -> list[torch.Tensor]:
+    """Per-segment rows [B, ...] -> the rows of each block's segments, [n_b, ...] per block."""
+    rows = x if buckets.segments is None else x.index_select(0, buckets.segments)
+    sizes = [nb for nb, _ in buckets.shapes]
+    return list(rows.split([*sizes, rows.shape[0] - sum(sizes)]))[: len(sizes)]
+
+
+def unbucket_segments(blocks: list[torch.Tensor], buckets: SegmentBuckets) -> torch.Tensor:
+    """Per-block results [n_b, ...] (at least one block) -> [B, ...] in batch order; empty segments get 0."""
+    rows = sum(b.shape[0] for b in blocks)
+    tail = [blocks[0].new_zeros(buckets.batch - rows, *blocks[0].shape[1:])] if rows < buckets.batch else []
+    out = torch.cat([*blocks, *tail]) if len(blocks) + len(tail) > 1 else blocks[0]
+    if buckets.segments is None:
+        return out
+    return out.new_empty(out.shape).index_copy(0, buckets.segments, out)
+
+
+def block_softmax_pool(
+    logits: torch.Tensor, values: torch.Tensor, heads: int, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Per segment and head: softmax over positions of the logits, then the weighted sum of the values.
+
+    Args:
+        logits: [n_b, L_b, H * K] (head-major columns). values: [n_b, L_b, H * d]. heads: H.
+        mask: [n_b, L_b] bool (False at padding) or ``None``.
+
+    Returns:
+        [n_b, K, H * d].
+    """
+    if mask is not None:
+        logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    weights = torch.softmax(logits, dim=1)
+    # split, not slicing: the backward of a split is one cat, that of each slice a zero-filled full copy.
+    w_heads = weights.split(logits.shape[-1] // heads, dim=-1)
+    v_heads = values.split(values.shape[-1] // heads, dim=-1)
+    return torch.cat([torch.bmm(w.transpose(1, 2), v) for w, v in zip(w_heads, v_heads, strict=True)], dim=-1)
+
+
+def bucketed_softmax_pool(
+    logits: torch.Tensor, values: torch.Tensor, heads: int, buckets: SegmentBuckets
+) -> torch.Tensor:
+    """:func:`jagged_softmax` over positions then :func:`headwise_jagged_pool`, on dense padded blocks.
+
+    Args:
+        logits: [sum L, H * K] (head-major columns). values: [sum L, H * d]. heads: H.
+        buckets: the batch's :class:`SegmentBuckets`.
+
+    Returns:
+        [B, K, H * d] (zeros for empty segments).
+    """
+    if not buckets.shapes:
+        # No events: zeros, still tied to the inputs so every parameter gets a (zero) gradient, as DDP needs.
+        tie = logits.sum() * 0 + values.sum() * 0
+        return values.new_zeros(buckets.batch, logits.shape[1] // heads, values.shape[1]) + tie
+    blocks = zip(bucket_blocks(logits, buckets), bucket_blocks(values, buckets), buckets.masks, strict=True)
+    return unbucket_segments([block_softmax_pool(lg, v, heads, m) for lg, v, m in blocks], buckets)
+
+
 def recency_buckets(lengths: torch.Tensor, num_buckets: int) -> torch.Tensor:
     """Log-scale recency bucket of every jagged event: 0 = most recent, then 1, 2-3, 4-7, ... events back.
 
-    Log buckets keep the table small while telling recent from old events at any history length.
+    Log buckets keep the table small while telling recent from old events at any history length. The
+    bucket of an event ``back`` events before the most recent is floor(log2(back)) + 1 (0 for the most
+    recent): the binary exponent ``frexp`` returns, exact in float64.
+
+    Shapes:
+        lengths: [B] -> [sum L] int64.
     """
-    offsets = complete_offsets(lengths)
     seg = segment_ids(lengths)
-    pos = torch.arange(seg.numel(), device=lengths.device) - offsets[:-1][seg]
-    back = lengths.long()[seg] - 1 - pos  # events between this one and the most recent
-    bucket = torch.floor(torch.log2(back.clamp(min=1).double())).long() + (back > 0).long()
-    return bucket.clamp(max=num_buckets - 1)
+    back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(seg.numel(), device=lengths.device)
+    return torch.frexp(back.double()).exponent.long().clamp(max=num_buckets - 1)
 
 
 class SlotMixer(nn.Module):
@@ -120,8 +299,11 @@ class TargetAttention(nn.Module):
         return (weights.unsqueeze(-1) * keys).sum(1)
 
     def jagged(self, candidate: torch.Tensor, keys: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Jagged keys [sum L, D] with lengths [B] -> [B, D] (dense blocks on CPU, fbgemm elsewhere)."""
+        logits = self.score(candidate[segment_ids(lengths)], keys).unsqueeze(-1)  # [sum L, 1]
+        if keys.device.type == "cpu":
+            return bucketed_softmax_pool(logits, keys, 1, segment_buckets(lengths)).squeeze(1)
         offsets = complete_offsets(lengths)
         max_len = int(lengths.max()) if lengths.numel() else 0
-        logits = self.score(candidate[segment_ids(lengths)], keys).unsqueeze(-1)  # [sum L, 1]
         weights = jagged_softmax(logits, offsets, max_len)
         return headwise_jagged_pool(weights.unsqueeze(-1), keys.unsqueeze(1), offsets, max_len).squeeze(1)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from crossrank.models import attention
 from crossrank.models.attention import TargetAttention, recency_buckets
 from crossrank.models.baselines import DinEncoder, SelfAttentionEncoder
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder, LinearDispatcher, ProductKeyMemory
@@ -207,3 +208,80 @@ def test_every_encoder_handles_a_batch_without_any_event(name: str) -> None:
     out = enc(torch.zeros(0, D), torch.zeros(5, dtype=torch.long), torch.randn(5, D))
     assert out.shape[0] == 5 and out.shape[2] == D and torch.isfinite(out).all()
     out.sum().backward()
+
+
+# Lengths for the dense-block kernels: uniform (one view block), ragged with empty users, one user 16x
+# longer than the rest (a block of its own), many short users (several gathered blocks), no events at all.
+KERNEL_CASES = {
+    "uniform": [12] * 6,
+    "ragged": [5, 0, 1, 17, 3, 0, 1],
+    "skewed": [8, 8, 128, 8, 7, 8, 8, 8],
+    "many_short": [(7 * i) % 23 for i in range(40)],
+    "no_events": [0, 0, 0],
+}
+
+
+def kernel_outputs(
+    disp: LinearDispatcher, kernels: str, lengths: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Slots, d loss / d values and d loss / d parameters of ``disp`` run with the given kernels."""
+    disp.jagged_kernels = kernels
+    disp.zero_grad(set_to_none=True)
+    values, lens = jagged_input(lengths, seed=1)
+    values.requires_grad_(True)
+    out = disp(values, lens)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (out * weights).mean().backward()
+    assert values.grad is not None
+    grads = {name: p.grad for name, p in disp.named_parameters() if p.grad is not None}
+    return out.detach(), values.grad, grads
+
+
+@pytest.mark.parametrize("overhead", [0, attention.BUCKET_OVERHEAD_ROWS])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+def test_dense_block_kernels_equal_the_fbgemm_path(
+    num_layers: int, case: str, overhead: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU dense-block path (folded queries, bucketed softmax / bmm, dense dispatch-back) computes what
+    the fbgemm jagged path (the implementation before it, still used off CPU) computes: outputs and every
+    gradient to 1e-5. Overhead 0 splits the small test batches into several gathered blocks."""
+    monkeypatch.setattr(attention, "BUCKET_OVERHEAD_ROWS", overhead)
+    torch.manual_seed(0)
+    disp = LinearDispatcher(D, ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers))
+    ref_out, ref_grad, ref_params = kernel_outputs(disp, "fbgemm", KERNEL_CASES[case])
+    out, grad, params = kernel_outputs(disp, "dense", KERNEL_CASES[case])
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
+    assert params.keys() == ref_params.keys()  # every parameter gets a gradient (DDP), also without events
+    for name, g in params.items():
+        torch.testing.assert_close(g, ref_params[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_recency_buckets_match_the_log2_definition() -> None:
+    """frexp's exponent is floor(log2(back)) + 1 for back >= 1 and 0 for the most recent event."""
+    lengths = torch.tensor([1, 0, 2, 3, 17, 1025, 70_000])
+    seg = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    back = lengths[seg] - 1 - (torch.arange(seg.numel()) - starts[seg])
+    for num_buckets in (1, 4, 16, 40):
+        log2 = torch.floor(torch.log2(back.clamp(min=1).double())).long() + (back > 0).long()
+        assert torch.equal(recency_buckets(lengths, num_buckets), log2.clamp(max=num_buckets - 1))
+
+
+def test_uniform_lengths_make_one_view_block_and_skewed_ones_little_padding() -> None:
+    values = torch.randn(6 * 12, D)
+    uniform = attention.segment_buckets(torch.full((6,), 12))
+    (block,) = attention.bucket_blocks(values, uniform)
+    assert uniform.rows is None and block.shape == (6, 12, D) and block.data_ptr() == values.data_ptr()
+    g = torch.Generator().manual_seed(0)
+    lengths = (50 * torch.exp(1.3 * torch.randn(512, generator=g))).long().clamp(0, 4096)
+    lengths[7] = 16 * int(lengths.max())  # one user 16x longer than the rest
+    blocks = attention.plan_buckets(lengths.tolist())
+    padded = sum(len(b) * int(lengths[b[0]]) for b in blocks)
+    events = int(lengths.sum())
+    assert (
+        blocks[0] == [7] and sorted(i for b in blocks for i in b) == torch.nonzero(lengths).flatten().tolist()
+    )
+    assert padded <= attention.BUCKET_SLACK * events + attention.BUCKET_OVERHEAD_ROWS * len(blocks)
+    assert len(blocks) <= 16
