@@ -1,5 +1,7 @@
-"""Checking Parquet data against a feature spec: files, columns, types and id ranges, every problem at once;
-and, for hash-mapped features, how the ids land on their table (collisions, ids unseen in a reference split)."""
+"""Checking Parquet data against a feature spec, every problem at once: files, columns and types, then the
+pre-flight and every row group's values, by the same checks ``train`` and ``score`` apply
+(:mod:`crossrank.features.validate`); and, for hash-mapped features, how the ids land on their table
+(collisions, ids unseen in a reference split)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import pyarrow.parquet as pq
 from crossrank.features.errors import InputError
 from crossrank.features.files import DataPaths, as_path_list, list_parquet_files
 from crossrank.features.hashing import hash_ids
+from crossrank.features.idmap import check_oov_fraction, map_ids
 from crossrank.features.spec import FeatureDef, FeatureSpec, Problem, TableSpec
+from crossrank.features.validate import capped, domain_index, metadata_problems, row_group_problems, where_of
 
 
 def _is_int(t: pa.DataType) -> bool:
@@ -104,56 +108,89 @@ class DataReport:
     notes: list[str] = field(default_factory=list)
     rows: int = 0
     files: int = 0
+    oov: dict[str, int] = field(default_factory=dict)  # oov: clip key -> ids sent to the OOV row
+    ids: dict[str, int] = field(default_factory=dict)  # oov: clip key -> ids mapped
 
 
-def _range_problems(spec: FeatureSpec, file: Path, meta: pq.ParquetFile, report: DataReport) -> None:
-    """Scan identity-mapped id columns (streaming row groups) for ids beyond their table."""
-    idents = [f for f in spec.features if f.kind != "dense" and f.mapping.type == "identity"]
-    for f in idents:
-        clip = 1 if f.mapping.oov == "clip" else 0
-        if f.kind == "candidate":
-            # A candidate indexes the item table of its own row's domain (as the reader maps it).
-            sizes = {d.name: spec.table(d.table).num_embeddings - clip for d in spec.domains}
-            limits = pa.array(list(sizes.values()), pa.int64())
-            shown = ", ".join(f"{name}: [0, {n})" for name, n in sizes.items())
-            columns = [f.column, f.domain_column]
-        else:
-            limit = spec.table(f.table).num_embeddings - clip
-            shown = f"[0, {limit})"
-            columns = [f.column]
-        bad = 0
-        first_rg = -1
-        for rg in range(meta.num_row_groups):
-            part = meta.read_row_group(rg, columns=columns)
-            col = part.column(0).combine_chunks()
-            if f.kind == "candidate":
-                dom = part.column(1).combine_chunks()
-                if pa.types.is_dictionary(dom.type):
-                    dom = dom.cast(pa.string())
-                limit = pc.take(limits, pc.index_in(dom, value_set=pa.array(spec.domain_names)))
-            flat = pc.list_flatten(col) if _is_list(col.type) else col
-            if len(flat) == 0:
-                continue
-            n = pc.sum(pc.or_(pc.less(flat, 0), pc.greater_equal(flat, limit))).as_py() or 0
-            if n and first_rg < 0:
-                first_rg = rg
-            bad += n
-        if not bad:
+def _row_groups(
+    spec: FeatureSpec, file: Path, meta: pq.ParquetFile, report: DataReport, with_label: bool
+) -> list[Problem]:
+    """The pre-flight of ``file``, then the reader's check of every row group's values (one row group in
+    memory at a time). A row group and feature the pre-flight named is not reported again (a job stops at the
+    pre-flight's message, so that is the one to show). Notes the ids that ``oov: clip`` sends to the OOV row,
+    counted as the reader counts them."""
+    problems = metadata_problems(spec, meta.metadata, file, with_label=with_label)
+    known = {(p.source, p.feature) for p in problems}
+    columns = spec.required_columns(with_label=with_label)
+    clipped: dict[str, tuple[int, int]] = {}  # key -> (ids sent to the OOV row, first row group)
+    for rg in range(meta.num_row_groups):
+        where = where_of(file, rg)
+        try:
+            table = meta.read_row_group(rg, columns=columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            problems.append(
+                Problem(where, "<data>", f"cannot read the row group ({e}).", "re-create the file.")
+            )
             continue
-        where = f"{file} (column '{f.column}', first in row group {first_rg})"
-        if f.mapping.oov == "error":
-            report.problems.append(
-                Problem(
-                    where,
-                    f.name,
-                    f"{bad} id(s) outside the table's range {shown} under `oov: error`.",
-                    "raise the table's num_embeddings, or use `oov: clip` / `mapping: {type: hash}`.",
-                )
+        found = row_group_problems(spec, table, where, with_label=with_label)
+        problems += [p for p in found if (p.source, p.feature.split("@")[0]) not in known]
+        for key, (n, total) in _clipped(spec, table).items():
+            report.ids[key] = report.ids.get(key, 0) + total
+            report.oov[key] = report.oov.get(key, 0) + n
+            if n:
+                before, first = clipped.get(key, (0, rg))
+                clipped[key] = (before + n, first)
+    for key, (n, first) in clipped.items():
+        column = (
+            spec.candidate.column if "@" in key else next(f.column for f in spec.features if f.name == key)
+        )
+        report.notes.append(
+            f"{file} (column '{column}', first in row group {first}): feature '{key}': {n} id(s) will go to "
+            "the OOV row (oov: clip)."
+        )
+    return capped(problems, file)
+
+
+def _kept_ids(f: FeatureDef, col: pa.Array) -> pa.Array | None:
+    """The ids of one feature the reader maps (a sequence's last ``max_len`` per row); None with null ids."""
+    if f.kind == "id":
+        return col.drop_null()
+    flat = pc.list_flatten(col)
+    if flat.null_count or f.kind != "sequence":
+        return None if flat.null_count else flat
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+    if lengths.max(initial=0) <= f.max_len:
+        return flat
+    first_kept = np.cumsum(lengths) - np.minimum(lengths, f.max_len)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    return flat.filter(pa.array(np.arange(len(flat)) >= first_kept[row]))
+
+
+def _clipped(spec: FeatureSpec, table: pa.Table) -> dict[str, tuple[int, int]]:
+    """Per KJT key under ``oov: clip``, (ids of one row group that go to the OOV row, ids mapped)."""
+    out: dict[str, tuple[int, int]] = {}
+    domains = pc.fill_null(domain_index(spec, table), -1).to_numpy()
+    for key in spec.clipped_keys:
+        mapping = spec.mapping_of_key(key)
+        if mapping.type == "vocab" and mapping.vocab is None:  # `--fit` builds the vocabulary
+            continue
+        if "@" in key:
+            col = table.column(spec.candidate.column).combine_chunks()
+            mask = col.is_valid().to_numpy(zero_copy_only=False) & (
+                domains == spec.domain_names.index(key.split("@")[1])
             )
+            ids: pa.Array | None = col.filter(pa.array(mask))
         else:
-            report.notes.append(
-                f"{where}: feature '{f.name}': {bad} id(s) will go to the OOV row (oov: clip)."
-            )
+            f = next(f for f in spec.features if f.name == key)
+            ids = _kept_ids(f, table.column(f.column).combine_chunks())
+        if ids is None or len(ids) == 0:
+            continue
+        try:
+            _, n = map_ids(ids, spec.table_of_key(key), mapping, where="", feature=key, spec_path=spec.path)
+        except InputError:  # not ids of the right type: a schema or row-group problem says so
+            continue
+        out[key] = (n, len(ids))
+    return out
 
 
 def check_data(spec: FeatureSpec, data: DataPaths, *, with_label: bool = True) -> DataReport:
@@ -182,8 +219,19 @@ def check_data(spec: FeatureSpec, data: DataPaths, *, with_label: bool = True) -
         found = schema_problems(spec, meta.schema_arrow, str(file), with_label=with_label)
         report.problems += found
         if not found:
-            _range_problems(spec, file, meta, report)
+            report.problems += _row_groups(spec, file, meta, report, with_label)
+    _oov_fractions(spec, data, report)
     return report
+
+
+def _oov_fractions(spec: FeatureSpec, data: DataPaths, report: DataReport) -> None:
+    """The check a training job applies at each epoch end: no ``oov: clip`` key above its
+    ``max_oov_fraction`` over the whole data."""
+    for key in spec.clipped_keys:
+        try:
+            check_oov_fraction(spec, report.oov, {key: report.ids.get(key, 0)}, where="", min_ids=0)
+        except InputError as e:
+            report.problems.append(Problem(" ".join(as_path_list(data)), key, e.what, e.fix))
 
 
 # ---- hash-mapped features: distinct ids, rows used, collisions, unseen ids ---------------------------------

@@ -32,12 +32,22 @@ Id mappings:
     ``hash`` a stable hash of int or string ids into ``[0, num_embeddings)``;
     ``identity`` the id is the row; ids outside ``[0, num_embeddings)`` follow ``oov``: ``error`` stops with
     the file/row group/column, ``clip`` sends them to the reserved last row (so valid ids are
-    ``[0, num_embeddings - 1)``) and counts them.
+    ``[0, num_embeddings - 1)``) and counts them;
+    ``vocab`` (``{type: vocab, file: genres.txt}``) row ``i`` is line ``i`` of a vocabulary file next to the
+    spec (:mod:`crossrank.features.vocab`); values not in it follow ``oov`` like ``identity`` ids.
+    Under ``oov: clip``, ``max_oov_fraction`` (default 0.01) is the largest share of a feature's ids that may
+    go to the OOV row: reading stops with an InputError above it.
+
+Dense features:
+    ``transform: standardize`` needs ``mean`` and ``std`` (``std > 0``): write them, or let
+    ``crossrank features check SPEC --data TRAIN --fit`` compute them from the training data and write them
+    into the spec. ``mean``/``std`` on any other transform are an error (they would be ignored).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -48,6 +58,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from crossrank.features.errors import InputError
+from crossrank.features.vocab import (
+    Vocab,
+    copy_with_vocabs,
+    name_problem,
+    read_vocab,
+    size_problem,
+    vocab_path,
+)
 
 if TYPE_CHECKING:  # torchrec is imported only where tables are built: a spec is plain data
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
@@ -59,6 +77,8 @@ TRANSFORMS: tuple[str, ...] = ("none", "log1p", "standardize")
 # Spec names -> member names of torchrec's PoolingType / DataType.
 POOLINGS: dict[str, str] = {"sum": "SUM", "mean": "MEAN"}
 DATA_TYPES: dict[str, str] = {"fp32": "FP32", "fp16": "FP16"}
+MAPPING_TYPES: tuple[str, ...] = ("hash", "identity", "vocab")
+DEFAULT_MAX_OOV_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -66,12 +86,29 @@ class IdMapping:
     """How raw ids become table rows.
 
     Args:
-        type: ``hash`` or ``identity``.
-        oov: for ``identity``: ``error`` or ``clip`` (to the reserved last row).
+        type: ``hash``, ``identity`` or ``vocab``.
+        oov: for ``identity`` and ``vocab``: ``error`` or ``clip`` (to the reserved last row).
+        max_oov_fraction: under ``oov: clip``, the largest share of a key's ids that may go to the OOV row
+            (over the ids read so far); above it reading stops with an InputError.
+        file: for ``vocab``: the vocabulary file as the spec names it (relative to the spec's folder).
+        vocab: for ``vocab``: the loaded vocabulary (None while ``features check --fit`` builds it).
     """
 
-    type: Literal["hash", "identity"] = "hash"
+    type: Literal["hash", "identity", "vocab"] = "hash"
     oov: Literal["error", "clip"] = "error"
+    max_oov_fraction: float = DEFAULT_MAX_OOV_FRACTION
+    file: str = ""
+    vocab: Vocab | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def clips(self) -> bool:
+        """Whether out-of-table ids go to the reserved last row (and are counted against max_oov_fraction)."""
+        return self.type in ("identity", "vocab") and self.oov == "clip"
+
+    @property
+    def rows_key(self) -> tuple[str, str, str]:
+        """What decides which row an id gets: features sharing a table must agree on it."""
+        return (self.type, self.oov, self.file)
 
 
 @dataclass(frozen=True)
@@ -197,6 +234,17 @@ class FeatureSpec:
         domain = key.rsplit("@", 1)[1]
         return self.table(next(d.table for d in self.domains if d.name == domain))
 
+    @property
+    def clipped_keys(self) -> list[str]:
+        """KJT keys (pooled, then sequence and candidate keys) whose ids are clipped to an OOV row (``oov:
+        clip``): their OOV counts are reported and held to ``mapping.max_oov_fraction``."""
+        return [k for k in [*self.pooled_keys, *self.sequence_keys] if self.mapping_of_key(k).clips]
+
+    @property
+    def vocab_files(self) -> list[str]:
+        """The vocabulary files of ``vocab`` mappings as the spec names them (relative to its folder)."""
+        return list(dict.fromkeys(f.mapping.file for f in self.features if f.mapping.type == "vocab"))
+
     def mapping_of_key(self, key: str) -> IdMapping:
         for f in self.features:
             if f.name == key:
@@ -270,19 +318,69 @@ def _parse_mapping(raw: Any, src: str, feat: str, problems: list[Problem]) -> Id
     if isinstance(kind, str) and kind.lower() in _MANAGED_COLLISION:
         problems.append(Problem(src, feat, _MANAGED_COLLISION_WHAT.format(kind=kind), _MANAGED_COLLISION_FIX))
         kind = "hash"
-    elif kind not in ("hash", "identity"):
+    elif kind not in MAPPING_TYPES:
         problems.append(Problem(src, feat, f"unknown mapping type {kind!r}.", _MAPPING_FIX))
         kind = "hash"
     if oov not in ("error", "clip"):
         problems.append(Problem(src, feat, f"unknown oov policy {oov!r}.", _MAPPING_FIX))
         oov = "error"
-    extra = set(raw) - {"type", "oov"}
+    extra = set(raw) - {"type", "oov", "max_oov_fraction", "file"}
     if extra:
         problems.append(Problem(src, feat, f"unknown mapping keys {sorted(extra)}.", _MAPPING_FIX))
-    return IdMapping(type=kind, oov=oov)
+    mapping = IdMapping(type=kind, oov=oov)
+    fraction = _parse_max_oov_fraction(raw, mapping, src, feat, problems)
+    file = _parse_vocab_file(raw, kind, src, feat, problems)
+    return dataclasses.replace(mapping, max_oov_fraction=fraction, file=file)
 
 
-_MAPPING_FIX = "write `mapping: {type: hash}` or `mapping: {type: identity, oov: error|clip}`."
+def _parse_max_oov_fraction(
+    raw: Mapping[str, Any], mapping: IdMapping, src: str, feat: str, problems: list[Problem]
+) -> float:
+    """``max_oov_fraction``: a number in [0, 1], given only where ids can be clipped (else the default)."""
+    if "max_oov_fraction" not in raw:
+        return DEFAULT_MAX_OOV_FRACTION
+    value = raw["max_oov_fraction"]
+    if not mapping.clips:
+        problems.append(
+            Problem(
+                src,
+                feat,
+                f"max_oov_fraction applies to `oov: clip` only (this mapping is {mapping.type}/{mapping.oov}).",
+                "remove it, or use `mapping: {type: identity|vocab, oov: clip, max_oov_fraction: F}`.",
+            )
+        )
+        return DEFAULT_MAX_OOV_FRACTION
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        problems.append(
+            Problem(
+                src,
+                feat,
+                f"max_oov_fraction must be a number in [0, 1], got {value!r}.",
+                "write e.g. `max_oov_fraction: 0.05` (5% of the ids may go to the OOV row; 1 never stops).",
+            )
+        )
+        return DEFAULT_MAX_OOV_FRACTION
+    return float(value)
+
+
+def _parse_vocab_file(raw: Mapping[str, Any], kind: str, src: str, feat: str, problems: list[Problem]) -> str:
+    """``file``: required by (and only by) ``vocab``; a relative path inside the spec's folder."""
+    file = raw.get("file")
+    if kind != "vocab":
+        if file is not None:
+            problems.append(Problem(src, feat, "`file:` applies to `type: vocab` only.", _MAPPING_FIX))
+        return ""
+    problem = name_problem(file)
+    if problem is not None:
+        problems.append(Problem(src, feat, *problem))
+        return ""
+    return str(file)
+
+
+_MAPPING_FIX = (
+    "write `mapping: {type: hash}`, `mapping: {type: identity, oov: error|clip}` or "
+    "`mapping: {type: vocab, file: FILE, oov: error|clip}` (`max_oov_fraction: F` with `oov: clip`)."
+)
 # TorchRec's managed-collision modules (MCH/ZCH remapping) shard row-wise only; its sharders offer no
 # row-wise sharding for pooled tables on CPU, so they cannot run (or be tested) on CPU with gloo.
 _MANAGED_COLLISION = ("mch", "zch")
@@ -327,8 +425,11 @@ def _build(cls: type, raw: Any, src: str, what: str, problems: list[Problem], **
         return None
 
 
-def parse_spec(raw: Any, src: str) -> tuple[FeatureSpec | None, list[Problem]]:
-    """Parse and validate a spec already read from YAML; returns the spec (if buildable) and every problem."""
+def parse_spec(raw: Any, src: str, *, fitting: bool = False) -> tuple[FeatureSpec | None, list[Problem]]:
+    """Parse and validate a spec already read from YAML; returns the spec (if buildable) and every problem.
+
+    ``fitting``: the spec is about to be completed by ``features check --fit``, so what that computes may be
+    missing (``mean``/``std`` of standardized features, vocabulary files, which are then not read)."""
     problems: list[Problem] = []
     if not isinstance(raw, Mapping):
         return None, [Problem(src, "<spec>", "the file is not a YAML mapping.", "see features/specs/*.yaml.")]
@@ -349,15 +450,10 @@ def parse_spec(raw: Any, src: str) -> tuple[FeatureSpec | None, list[Problem]]:
         _build(DomainSpec, d, src, f"domains[{i}]", problems) for i, d in enumerate(raw.get("domains") or [])
     ]
     domains = [d for d in domains if d is not None]
-    features: list[FeatureDef] = []
-    for i, f in enumerate(raw.get("features") or []):
-        name = f.get("name", f"features[{i}]") if isinstance(f, Mapping) else f"features[{i}]"
-        mapping = _parse_mapping(f.get("mapping") if isinstance(f, Mapping) else None, src, name, problems)
-        built = _build(FeatureDef, f, src, name, problems, mapping=mapping)
-        if built is not None:
-            features.append(built)
-
+    features = _parse_features(raw.get("features") or [], src, problems, fitting)
     _validate(src, tables, domains, features, problems)
+    if not fitting:
+        features = _attach_vocabs(src, tables, domains, features, problems)
     if problems:
         return None, problems
     # A history's table defaults to its domain's item table: fill it in so every id feature names one.
@@ -375,6 +471,89 @@ def parse_spec(raw: Any, src: str) -> tuple[FeatureSpec | None, list[Problem]]:
         features=tuple(features),
     )
     return spec, problems
+
+
+def _parse_features(raws: Any, src: str, problems: list[Problem], fitting: bool) -> list[FeatureDef]:
+    """The ``features:`` list (with each id mapping and, for dense features, the standardize statistics)."""
+    features: list[FeatureDef] = []
+    for i, f in enumerate(raws):
+        name = f.get("name", f"features[{i}]") if isinstance(f, Mapping) else f"features[{i}]"
+        mapping = _parse_mapping(f.get("mapping") if isinstance(f, Mapping) else None, src, name, problems)
+        built = _build(FeatureDef, f, src, name, problems, mapping=mapping)
+        if built is not None:
+            features.append(built)
+            if built.kind == "dense":
+                problems += _dense_stats_problems(built, set(f), src, fitting)
+    return features
+
+
+_FIT_FIX = (
+    "set `mean:` and `std:` (of the training data), or let `crossrank features check SPEC --data TRAIN --fit` "
+    "compute them and write them into the spec."
+)
+
+
+def _dense_stats_problems(f: FeatureDef, given: set[str], src: str, fitting: bool) -> list[Problem]:
+    """``mean``/``std``: required by ``standardize`` (std > 0, both finite numbers), allowed nowhere else.
+    One problem per feature, listing everything wrong with its statistics."""
+    stats = [k for k in ("mean", "std") if k in given]
+    if f.transform != "standardize":
+        if not stats:
+            return []
+        keys = " and ".join(f"`{k}`" for k in stats)
+        what = f"{keys} only apply to `transform: standardize` (here {f.transform!r})."
+        return [Problem(src, f.name, what, "remove them, or set `transform: standardize`.")]
+    if fitting:  # --fit computes (and overwrites) both
+        return []
+    issues: list[str] = []
+    missing = [k for k in ("mean", "std") if k not in given]
+    if missing:
+        issues.append(f"standardize needs `mean` and `std`; {' and '.join(missing)} missing (no silent 0/1).")
+    if "mean" in given and not _finite_number(f.mean):
+        issues.append(f"mean must be a finite number, got {f.mean!r}.")
+    if "std" in given and not (_finite_number(f.std) and f.std > 0):
+        issues.append(f"standardize needs std > 0, got {f.std!r}.")
+    return [Problem(src, f.name, " ".join(issues), _FIT_FIX)] if issues else []
+
+
+def _finite_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _attach_vocabs(
+    src: str,
+    tables: list[TableSpec],
+    domains: list[DomainSpec],
+    features: list[FeatureDef],
+    problems: list[Problem],
+) -> list[FeatureDef]:
+    """Read each ``vocab`` mapping's file (once per file) into its mapping, checking the file and that it
+    fits every table the feature maps into."""
+    sizes = {t.name: t.num_embeddings for t in tables if isinstance(t.num_embeddings, int)}
+    domain_table = {d.name: d.table for d in domains}
+    loaded: dict[str, tuple[Vocab | None, list[tuple[str, str]]]] = {}
+    out: list[FeatureDef] = []
+    for f in features:
+        if f.kind == "dense" or f.mapping.type != "vocab" or not f.mapping.file:
+            out.append(f)
+            continue
+        if f.mapping.file not in loaded:
+            loaded[f.mapping.file] = read_vocab(vocab_path(src, f.mapping.file))
+            problems += [Problem(src, f.name, msg, fix) for msg, fix in loaded[f.mapping.file][1]]
+        vocab = loaded[f.mapping.file][0]
+        if vocab is None:
+            out.append(f)
+            continue
+        if f.kind == "candidate":
+            used = list(domain_table.values())
+        else:
+            used = [domain_table.get(f.domain, "") if f.kind == "sequence" else f.table]
+        for table in dict.fromkeys(t for t in used if t in sizes):
+            problem = size_problem(vocab, table, sizes[table])
+            if problem is not None:
+                problems.append(Problem(src, f.name, *problem))
+        out.append(dataclasses.replace(f, mapping=dataclasses.replace(f.mapping, vocab=vocab)))
+    return out
 
 
 # Records one problem of the spec being validated: (feature/table/key concerned, message, fix).
@@ -409,11 +588,11 @@ class _TableUse:
     """How the features use each table (insertion-ordered, so problems come out in declaration order)."""
 
     kinds: dict[str, set[str]] = field(default_factory=dict)  # "pooled" / "unpooled"
-    mappings: dict[str, set[IdMapping]] = field(default_factory=dict)
+    mappings: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)  # IdMapping.rows_key
 
     def record(self, table: str, kind: str, mapping: IdMapping) -> None:
         self.kinds.setdefault(table, set()).add(kind)
-        self.mappings.setdefault(table, set()).add(mapping)
+        self.mappings.setdefault(table, set()).add(mapping.rows_key)
 
 
 def _validate(
@@ -534,8 +713,6 @@ def _check_feature(add: _Add, f: FeatureDef, declared: _Declared, use: _TableUse
 def _check_dense(add: _Add, f: FeatureDef) -> None:
     if f.transform not in TRANSFORMS:
         add(f.name, f"unknown transform {f.transform!r}.", f"use one of {list(TRANSFORMS)}.")
-    if f.transform == "standardize" and not (isinstance(f.std, int | float) and f.std > 0):
-        add(f.name, f"standardize needs std > 0, got {f.std!r}.", "set `mean:` and `std:`.")
     if f.table:
         add(f.name, "a dense feature has no table.", "remove `table:`.")
 
@@ -602,12 +779,13 @@ def _check_table_use(add: _Add, use: _TableUse) -> None:
             )
     for table, maps in use.mappings.items():
         if len(maps) > 1:
-            shown = sorted(f"{m.type}/{m.oov}" for m in maps)
+            shown = sorted("/".join(part for part in m if part) for m in maps)
             add(table, f"features sharing table {table!r} map ids differently ({shown}).", "use one mapping.")
 
 
-def load_spec(path: str | Path) -> FeatureSpec:
-    """Read and validate a feature spec; raises :class:`SpecError` listing every problem at once."""
+def load_spec(path: str | Path, *, fitting: bool = False) -> FeatureSpec:
+    """Read and validate a feature spec; raises :class:`SpecError` listing every problem at once.
+    ``fitting``: see :func:`parse_spec` (``features check --fit`` loads the spec it completes this way)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(
@@ -617,10 +795,19 @@ def load_spec(path: str | Path) -> FeatureSpec:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise InputError(f"not valid YAML ({e}).", where=str(path), fix="fix the YAML syntax.") from None
-    spec, problems = parse_spec(raw, str(path))
+    spec, problems = parse_spec(raw, str(path), fitting=fitting)
     if problems or spec is None:
         raise SpecError(problems)
     return spec
+
+
+def copy_spec(path: str | Path, folder: Path, name: str = "spec.yaml") -> Path:
+    """Copy the (valid) spec at ``path`` to ``folder/name`` together with its vocabulary files, so that the
+    copy loads on its own: a checkpoint keeps its spec this way (a ``vocab`` mapping's rows are its file's
+    lines, part of the model like its weights). Returns the copy's path."""
+    spec = load_spec(path)
+    copy_with_vocabs(path, spec.vocab_files, folder, name)
+    return folder / name
 
 
 def builtin_spec_path(name: str) -> Path:

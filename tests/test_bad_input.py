@@ -6,15 +6,20 @@ TorchX was started without its environment on PATH."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
+import io
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -210,6 +215,168 @@ CASES: dict[str, Case] = {
 }
 
 
+# --- damaged checkpoints and full disks (issue 11, items 6 and 9) -----------------------------------------
+
+
+def truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def corrupt_zip_record(path: Path) -> None:
+    """Zero the signature of the first zip end record in a DCP shard file (same size, unreadable bytes)."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x05\x06")
+    raw[at : at + 4] = b"\0\0\0\0"
+    path.write_bytes(bytes(raw))
+
+
+class Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (print, ("unpickled",))
+
+
+Damage = Callable[[Path], object]
+DAMAGES: dict[str, Damage] = {
+    "no .metadata": lambda c: (c / ".metadata").unlink(),
+    "truncated .metadata": lambda c: truncate(c / ".metadata"),
+    "tampered .metadata": lambda c: (c / ".metadata").write_bytes(pickle.dumps(Exploit())),
+    "truncated shard": lambda c: truncate(c / "__0_0.distcp"),
+    "no shard": lambda c: (c / "__0_0.distcp").unlink(),
+    "corrupt shard": lambda c: corrupt_zip_record(c / "__0_0.distcp"),
+    "no spec.yaml": lambda c: (c / "spec.yaml").unlink(),
+    "no meta.json": lambda c: (c / "meta.json").unlink(),
+    "truncated meta.json": lambda c: truncate(c / "meta.json"),
+    "meta.json without config": lambda c: (c / "meta.json").write_text('{"step": 3}'),
+    "truncated RNG state": lambda c: truncate(c / "rng-rank0.npy"),
+}
+
+
+def damaged(run: Path, tmp: Path, damage: str) -> Path:
+    """A copy of ``run``'s checkpoints (as ``tmp/run``) whose latest is damaged; returns that checkpoint."""
+    copy = tmp / "run" / "checkpoints"
+    shutil.copytree(run / "checkpoints", copy)
+    latest = checkpoints(copy.parent)[-1]
+    DAMAGES[damage](latest)
+    return latest
+
+
+def score_args(checkpoint: Path, data: Path, tmp: Path) -> list[str]:
+    return [
+        "score",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(data / "test"),
+        "--output",
+        str(tmp / "o"),
+    ]
+
+
+def evaluate_args(checkpoint: Path, data: Path) -> list[str]:
+    return ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data / "test")]
+
+
+def resume_args(checkpoint: Path, data: Path, tmp: Path) -> list[str]:
+    return [*train_args(data, tmp / "resumed"), "--resume", str(checkpoint)]
+
+
+def damaged_best(run: Path, tmp: Path) -> Path:
+    """A copy of ``run`` (checkpoints and best) whose best checkpoint has lost its ``.metadata``."""
+    copy = tmp / "run"
+    shutil.copytree(run / "checkpoints", copy / "checkpoints")
+    shutil.copytree(run / "best", copy / "best")
+    (copy / "best" / ".metadata").unlink()
+    return copy
+
+
+_OTHER = "use another checkpoint of the run"
+
+
+def _damaged_case(command: str, damage: str, fragments: Callable[[Path], list[str]]) -> Case:
+    """A catalogue case: ``command`` (score, evaluate, resume) on the run's latest checkpoint, damaged."""
+
+    def case(d: Path, r: Path, t: Path) -> tuple[list[str], list[str]]:
+        ckpt = damaged(r, t, damage)
+        if command == "score":
+            argv = score_args(ckpt, d, t)
+        elif command == "evaluate":
+            argv = evaluate_args(ckpt, d)
+        elif command == "resume (auto)":
+            argv = train_args(d, ckpt.parents[1])
+        elif command == "init-from":
+            argv = [*train_args(d, t / "new"), "--init-from", str(ckpt)]
+        else:
+            argv = resume_args(ckpt, d, t)
+        return argv, fragments(ckpt)
+
+    return case
+
+
+DAMAGED_CASES: dict[str, Case] = {
+    "score: checkpoint without .metadata": _damaged_case(
+        "score", "no .metadata", lambda c: [str(c / ".metadata"), "is missing", _OTHER]
+    ),
+    "score: checkpoint with a truncated .metadata": _damaged_case(
+        "score", "truncated .metadata", lambda c: [str(c / ".metadata"), "cannot be read", _OTHER]
+    ),
+    "score: checkpoint with a tampered .metadata": _damaged_case(
+        "score",
+        "tampered .metadata",
+        lambda c: [str(c / ".metadata"), "builtins.print, which is not allowed"],
+    ),
+    "score: checkpoint with a truncated shard file": _damaged_case(
+        "score", "truncated shard", lambda c: [str(c / "__0_0.distcp"), "is truncated", _OTHER]
+    ),
+    "score: checkpoint without its shard file": _damaged_case(
+        "score", "no shard", lambda c: [str(c / "__0_0.distcp"), "is missing", _OTHER]
+    ),
+    "score: checkpoint with a corrupt shard file": _damaged_case(
+        "score", "corrupt shard", lambda c: [str(c / "__0_0.distcp"), "is damaged", _OTHER]
+    ),
+    "score: checkpoint without spec.yaml": _damaged_case(
+        "score", "no spec.yaml", lambda c: [str(c / "spec.yaml"), "the checkpoint is incomplete", _OTHER]
+    ),
+    "score: checkpoint without meta.json": _damaged_case(
+        "score", "no meta.json", lambda c: [str(c), "an incomplete checkpoint", _OTHER]
+    ),
+    "score: checkpoint with a truncated meta.json": _damaged_case(
+        "score", "truncated meta.json", lambda c: [str(c / "meta.json"), "cannot be read", _OTHER]
+    ),
+    "score: checkpoint whose meta.json has no config": _damaged_case(
+        "score", "meta.json without config", lambda c: [str(c / "meta.json"), "no training config", _OTHER]
+    ),
+    "score: run folder whose best checkpoint is damaged": lambda d, r, t: (
+        score_args(damaged_best(r, t), d, t),
+        [str(t / "run" / "best" / ".metadata"), "is missing", _OTHER],
+    ),
+    "evaluate: checkpoint without .metadata": _damaged_case(
+        "evaluate", "no .metadata", lambda c: [str(c / ".metadata"), "is missing", _OTHER]
+    ),
+    "evaluate: checkpoint with a truncated shard file": _damaged_case(
+        "evaluate", "truncated shard", lambda c: [str(c / "__0_0.distcp"), "is truncated", _OTHER]
+    ),
+    "evaluate: checkpoint without spec.yaml": _damaged_case(
+        "evaluate", "no spec.yaml", lambda c: [str(c / "spec.yaml"), "the checkpoint is incomplete", _OTHER]
+    ),
+    "train: resuming from a latest checkpoint without .metadata": _damaged_case(
+        "resume (auto)", "no .metadata", lambda c: [str(c / ".metadata"), "is missing", "move this folder"]
+    ),
+    "train --resume: checkpoint with a truncated shard file": _damaged_case(
+        "resume", "truncated shard", lambda c: [str(c / "__0_0.distcp"), "is truncated", "move this folder"]
+    ),
+    "train --resume: checkpoint with a truncated RNG state": _damaged_case(
+        "resume", "truncated RNG state", lambda c: [str(c / "rng-rank0.npy"), "RNG state cannot be read"]
+    ),
+    "train --resume: checkpoint without meta.json": _damaged_case(
+        "resume", "no meta.json", lambda c: [str(c), "an incomplete checkpoint", _OTHER]
+    ),
+    "train --init-from: checkpoint without .metadata": _damaged_case(
+        "init-from", "no .metadata", lambda c: [str(c), ".metadata"]
+    ),
+}
+CASES.update(DAMAGED_CASES)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_2_with_one_message_naming_where_and_the_fix(
     case: str, data: Path, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -221,6 +388,129 @@ def test_bad_input_exits_2_with_one_message_naming_where_and_the_fix(
     assert "Traceback" not in err
     for fragment in [*fragments, "Fix:"]:
         assert fragment in err, (fragment, err)
+
+
+def _enospc(path: object = "") -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def full_disk_for_parquet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Parquet write (what ``prepare`` and ``score`` write) fails: the disk is full."""
+
+    class FullDisk(pq.ParquetWriter):
+        def write_table(self, table: pa.Table, row_group_size: int | None = None) -> None:
+            raise _enospc()
+
+    monkeypatch.setattr(pq, "ParquetWriter", FullDisk)
+
+
+def full_disk_on_fsync(monkeypatch: pytest.MonkeyPatch, name: Callable[[str], bool]) -> None:
+    """Flushing a file whose name passes ``name`` fails as on a full disk (where delayed allocation
+    reports it)."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if name(Path(path).name):
+            raise _enospc(path)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def full_disk_in_dcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DCP's shard files fill the disk after their first 4 KiB (the file is left half-written)."""
+    from torch.distributed.checkpoint import filesystem
+
+    class Filling(io.FileIO):
+        def write(self, b: Any) -> int:
+            if self.tell() + memoryview(b).nbytes > 4096:
+                raise _enospc(self.name)
+            return super().write(b)
+
+    @contextlib.contextmanager
+    def create_stream(self: object, path: Any, mode: str) -> Iterator[Any]:
+        if "w" in mode and str(path).endswith(".distcp"):
+            with Filling(str(path), "wb") as f:
+                yield f
+        else:
+            with Path(path).open(mode) as f:
+                yield f
+
+    monkeypatch.setattr(filesystem.FileSystem, "create_stream", create_stream)
+
+
+# Each case: a fault (monkeypatch -> None) and (data, run, tmp) -> (argv, fragments, folder, names under
+# ``folder`` that must not exist afterwards). Every message must also name ``folder`` and say "No space left
+# on device" and "Fix: free space"; no hidden temporary file may be left behind either.
+Fault = Callable[[pytest.MonkeyPatch], None]
+DiskCase = Callable[[Path, Path, Path], tuple[list[str], list[str], Path, list[str]]]
+SCORE_FINAL_NAMES = ["part-*.parquet", "_manifest/*.json"]
+CHECKPOINT_FINAL_NAMES = ["step-*", ".tmp-step-*", ".old-step-*"]
+DISK_FULL_CASES: dict[str, tuple[Fault, DiskCase]] = {
+    "score: disk full writing a scores part": (
+        full_disk_for_parquet,
+        lambda d, r, t: (score_args(r, d, t), ["part-00000.parquet"], t / "o", SCORE_FINAL_NAMES),
+    ),
+    "score: disk full writing a manifest entry": (
+        lambda mp: full_disk_on_fsync(mp, lambda name: name.startswith(".part-") and ".json.tmp-" in name),
+        lambda d, r, t: (score_args(r, d, t), ["part-00000.json"], t / "o", SCORE_FINAL_NAMES),
+    ),
+    "score: disk full writing the job record": (
+        lambda mp: full_disk_on_fsync(mp, lambda name: name.startswith("._job.json.tmp-")),
+        lambda d, r, t: (score_args(r, d, t), ["_job.json"], t / "o", ["_job.json", *SCORE_FINAL_NAMES]),
+    ),
+    "train: disk full writing a checkpoint's shard file": (
+        full_disk_in_dcp,
+        lambda d, r, t: (
+            train_args(d, t / "run"),
+            ["cannot write the checkpoint"],
+            t / "run" / "checkpoints",
+            CHECKPOINT_FINAL_NAMES,
+        ),
+    ),
+    "train: disk full writing a checkpoint's meta.json": (
+        lambda mp: full_disk_on_fsync(mp, lambda name: name == "meta.json.tmp"),
+        lambda d, r, t: (
+            train_args(d, t / "run"),
+            ["cannot write the checkpoint"],
+            t / "run" / "checkpoints",
+            CHECKPOINT_FINAL_NAMES,
+        ),
+    ),
+    "prepare synthetic: disk full": (
+        full_disk_for_parquet,
+        lambda d, r, t: (
+            ["prepare", "synthetic", str(t / "out"), "--rows", "300", "--users", "50"],
+            ["cannot write part-00000.parquet", f"{t / 'out' / 'train'}: "],
+            t,
+            ["out"],
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DISK_FULL_CASES))
+def test_a_full_disk_exits_2_naming_the_folder_and_leaves_nothing_half_written(
+    case: str,
+    data: Path,
+    run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fault, make = DISK_FULL_CASES[case]
+    argv, fragments, folder, final_names = make(data, run, tmp_path)
+    fault(monkeypatch)
+    capsys.readouterr()
+    assert main(argv) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for fragment in [*fragments, str(folder), "No space left on device", "Fix: free space"]:
+        assert fragment in err, (fragment, err)
+    assert [p for pattern in final_names for p in folder.glob(pattern)] == []  # nothing under a final name
+    assert [p for p in tmp_path.rglob(".*") if ".tmp" in p.name] == []  # nor half-written beside it
 
 
 # --- scoring output tied to its checkpoint and input ------------------------------------------------------
@@ -358,10 +648,18 @@ def test_a_failed_prepare_leaves_the_earlier_output_as_it_was(
 def test_under_torchrun_the_failing_rank_writes_the_error_file_and_its_peer_one_line(
     data: Path, tmp_path: Path
 ) -> None:
-    # Two files, one per rank (the larger to rank 0); rank 1's has a null row id in its first batch.
+    # Two files, one per rank (the larger to rank 0); rank 1's has a null id inside a history list in its
+    # first batch: invisible to the metadata pre-flight (which every rank runs over every file), so only
+    # rank 1 finds it, mid-job, and rank 0 is left waiting in a collective.
     train = tmp_path / "train"
     table = pq.read_table(data / "train")
-    bad_copy(data, train / "b", lambda x: with_null(x.slice(1200, 800), "row_id", 3))
+
+    def null_in_history(t: pa.Table) -> pa.Table:
+        lists = t.column("hist_A").to_pylist()
+        lists[3] = [*(lists[3] or []), None]
+        return set_column(t, "hist_A", lists)
+
+    bad_copy(data, train / "b", lambda x: null_in_history(x.slice(1200, 800)))
     pq.write_table(table.slice(0, 1200), train / "a.parquet")
     error_file = tmp_path / "error.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--rdzv-backend=c10d"]
@@ -372,7 +670,7 @@ def test_under_torchrun_the_failing_rank_writes_the_error_file_and_its_peer_one_
     assert proc.returncode != 0
     message = json.loads(error_file.read_text())["message"]["message"]
     bad = train / "b" / "part-00000.parquet"
-    assert message.startswith(f"{bad} (row group 0): row id column 'row_id' has 1 null value(s).")
+    assert message.startswith(f"{bad} (row group 0): [hist_A] ") and "null" in message
     assert "Fix:" in message and "Traceback" not in message
     logs = {p.parent.name: p.read_text() for p in (tmp_path / "logs").rglob("stderr.log")}
     assert "crossrank: error: " + message in logs["1"] and "Traceback" not in logs["1"]

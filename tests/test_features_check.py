@@ -199,12 +199,11 @@ def test_ids_beyond_table_under_oov_error(tmp_path: Path) -> None:
     spec = spec_variant(tmp_path, oov_error)
     path = write(tmp_path / "data" / "d.parquet", out_of_range_rows(), row_group_size=3)
     report = check_data(spec, tmp_path / "data")
-    (p,) = report.problems
-    assert str(path) in p.source
-    assert "column 'hist_A'" in p.source
-    assert "row group 1" in p.source
+    (p,) = report.problems  # the pre-flight's (from the statistics), as a job stops with it
+    assert p.source == f"{path} (row group 1)"
+    assert "column 'hist_A'" in p.message
     assert p.feature == "hist_A"
-    assert "2 id(s)" in p.message  # 5000 and -1; 1024 is a valid row under `oov: error`
+    assert "min -1, max 5000" in p.message  # 1024 is a valid row under `oov: error`
     assert f"[0, {ITEMS})" in p.message
     assert "oov: error" in p.message
     assert "num_embeddings" in p.fix
@@ -218,8 +217,8 @@ def test_candidate_beyond_table_under_oov_error(tmp_path: Path) -> None:
     path = write(tmp_path / "d.parquet", rows(6, item_id=item), row_group_size=2)
     (p,) = check_data(spec, path).problems
     assert p.feature == "item"
-    assert p.source == f"{path} (column 'item_id', first in row group 2)"
-    assert "1 id(s)" in p.message
+    assert p.source == f"{path} (row group 2)"
+    assert f"max {ITEMS}" in p.message and "item@A, item@B" in p.message
 
 
 def test_candidate_range_is_per_domain_table(tmp_path: Path) -> None:
@@ -234,24 +233,38 @@ def test_candidate_range_is_per_domain_table(tmp_path: Path) -> None:
     ok = write(tmp_path / "ok.parquet", rows(6, domain=domains, item_id=pa.array([0, 3000, 1, 4999, 2, 3])))
     assert check_data(spec, ok).problems == []
     bad = write(
-        tmp_path / "bad.parquet", rows(6, domain=domains, item_id=pa.array([0, 3000, 3000, 5000, 1, 2]))
+        tmp_path / "bad.parquet", rows(6, domain=domains, item_id=pa.array([0, 3000, 3000, 4999, 1, 2]))
     )
-    (p,) = check_data(spec, bad).problems
-    assert p.feature == "item"
-    assert "2 id(s)" in p.message  # 3000 in an A row, 5000 in a B row
-    assert f"A: [0, {ITEMS})" in p.message and "B: [0, 5000)" in p.message
+    (p,) = check_data(spec, bad).problems  # 3000 in an A row: only the values tell (the statistics cannot)
+    assert p.feature == "item@A"
+    assert "1 id(s)" in p.message and f"[0, {ITEMS})" in p.message and "3000" in p.message
 
 
 def test_ids_beyond_table_under_clip_are_a_note(tmp_path: Path, spec: FeatureSpec) -> None:
     path = write(tmp_path / "d.parquet", out_of_range_rows(), row_group_size=3)
     report = check_data(spec, path)
-    assert report.problems == [], messages(report)
     (note,) = report.notes
     assert str(path) in note
     assert "column 'hist_A'" in note and "row group 1" in note
     assert "feature 'hist_A'" in note
     assert "3 id(s)" in note  # under clip 1024 is the reserved OOV row too
     assert "oov: clip" in note
+    # 3 of 8 ids is above max_oov_fraction (1%): the epoch-end check of a training job would stop, so
+    # features check says so too, over the whole data.
+    (problem,) = report.problems
+    assert (
+        problem.feature == "hist_A" and "3 of 8 ids" in problem.message and "max_oov_fraction" in problem.fix
+    )
+
+
+def test_clip_below_max_oov_fraction_is_only_a_note(tmp_path: Path) -> None:
+    def tolerate(raw: dict[str, Any]) -> None:
+        next(f for f in raw["features"] if f["name"] == "hist_A")["mapping"]["max_oov_fraction"] = 0.5
+
+    path = write(tmp_path / "d.parquet", out_of_range_rows(), row_group_size=3)
+    report = check_data(spec_variant(tmp_path, tolerate), path)
+    assert report.problems == [], messages(report)
+    assert len(report.notes) == 1
 
 
 def test_hash_mapped_ids_are_not_range_checked(tmp_path: Path, spec: FeatureSpec) -> None:
@@ -433,10 +446,10 @@ def test_cli_bad_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_cli_clip_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path / "d.parquet", out_of_range_rows(), row_group_size=3)
-    assert cli(str(SYNTHETIC), "--data", str(path)) == 0
+    assert cli(str(SYNTHETIC), "--data", str(path)) == 2  # 3 of 8 ids: above max_oov_fraction
     out, err = capsys.readouterr()
     assert "note:" in out and "3 id(s) will go to the OOV row" in out
-    assert err == ""
+    assert "max_oov_fraction" in err
 
 
 def test_cli_spec_with_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

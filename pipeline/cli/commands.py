@@ -81,6 +81,8 @@ def features_check(args: argparse.Namespace) -> int:
     from crossrank.features.check import check_data, hashed_keys
     from crossrank.features.spec import SpecError, load_spec
 
+    if args.fit or args.fit_output:
+        return _features_fit(args)
     try:
         spec = load_spec(args.spec)
     except SpecError as e:
@@ -110,6 +112,44 @@ def features_check(args: argparse.Namespace) -> int:
                 reference = _reference_ids(spec, args.reference)
             _print_hash_stats(spec, data, reference, " ".join(args.reference or []))
     return 2 if failed else 0
+
+
+def _features_fit(args: argparse.Namespace) -> int:
+    """``features check SPEC --data TRAIN --fit [--fit-output NEW]``: check the data, compute the spec's
+    standardize statistics and vocabularies from it, write them, and load the result as a check."""
+    from crossrank.features.check import check_data
+    from crossrank.features.fit import fit_spec, write_fit
+    from crossrank.features.spec import SpecError, load_spec
+
+    if not args.fit or len(args.data or []) != 1:
+        raise InputError(
+            "--fit needs exactly one --data set (the training data)"
+            + ("" if args.fit else "; --fit-output is used with --fit")
+            + ".",
+            where=args.spec,
+            fix="run `crossrank features check SPEC --data TRAIN --fit [--fit-output NEW_SPEC]`.",
+        )
+    try:  # mean/std and vocabulary files may be missing: they are what is fitted
+        spec = load_spec(args.spec, fitting=True)
+    except SpecError as e:
+        print(f"{args.spec}: {e}", file=sys.stderr)
+        return 2
+    data = args.data[0]
+    report = check_data(spec, data, with_label=not args.no_label)
+    if report.problems:
+        print(f"{' '.join(data)}: {len(report.problems)} problem(s), nothing fitted:", file=sys.stderr)
+        for p in report.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    result = fit_spec(spec, data)
+    output = Path(args.fit_output or args.spec)
+    for line in [*result.notes, *write_fit(spec, result, output)]:
+        print(f"  {line}")
+    fitted = load_spec(output)
+    print(
+        f"{output}: spec OK ({len(fitted.tables)} tables, {len(fitted.features)} features), fitted on {report.rows:,} rows"
+    )
+    return 0
 
 
 def _reference_ids(spec: FeatureSpec, paths: list[str]) -> dict[str, IdCounts]:

@@ -21,6 +21,7 @@ from crossrank.pipeline.cli.parser import build_parser
 _KNOWN_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
     (FutureWarning, r"torchrec\.distributed\.model_parallel", r"`broadcast_buffers` is deprecated"),
     (FutureWarning, r"torch\.distributed\.checkpoint\.", r"Please use DTensor instead"),
+    (FutureWarning, r"torchrec\.optim\.keyed", r"Please use DTensor instead"),
     (DeprecationWarning, r"fbgemm_gpu\.", r""),
     (DeprecationWarning, r"torch\.jit\._script", r"`torch\.jit\.(script|interface)` is deprecated"),
     (DeprecationWarning, r"torchrec\.optim\.apply_optimizer_in_backward", r"This API is deprecated"),

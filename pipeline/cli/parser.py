@@ -118,14 +118,15 @@ def _add_prepare_ranking(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _add_features(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``crossrank features check SPEC [--data PATH... [--data PATH...]] [--reference PATH...]``."""
+    """``crossrank features check SPEC [--data PATH... [--data PATH...]] [--reference PATH...] [--fit [--fit-output NEW]]``."""
     feat = sub.add_parser("features", help="feature spec tools")
     feat_sub = feat.add_subparsers(dest="action", required=True)
     check = feat_sub.add_parser(
         "check",
         help="validate a feature spec (and data against it), reporting every problem at once",
         description="Checks the spec (tables, domains, kinds, mappings, dims) and, with --data, every Parquet "
-        "file: columns, types, empty files and ids beyond their table. For features with `mapping: hash` it "
+        "file: columns, types, empty files, the pre-flight train/score run from the Parquet statistics, and "
+        "every row group's values by the checks train/score apply. For features with `mapping: hash` it "
         "prints a table: distinct ids, table rows they land on, the collision rate (beside that of a uniformly "
         "random map, to size num_embeddings) and, with --reference, the ids and occurrences unseen there.",
     )
@@ -146,6 +147,19 @@ def _add_features(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "adds the share of ids and of occurrences not seen there",
     )
     check.add_argument("--no-label", action="store_true", help="data has no label column (scoring input)")
+    check.add_argument(
+        "--fit",
+        action="store_true",
+        help="compute from the one --data set (the training data) the mean/std of every `transform: "
+        "standardize` feature and the vocabulary file of every `vocab` mapping (most frequent first), and "
+        "write them: the statistics into the spec's YAML (comments kept) and the files next to it",
+    )
+    check.add_argument(
+        "--fit-output",
+        metavar="NEW_SPEC",
+        help="with --fit, write the completed spec (and its vocabulary files, next to it) here instead of "
+        "updating SPEC in place",
+    )
     check.set_defaults(fn=commands.features_check)
 
 

@@ -4,19 +4,28 @@ A reader (a training job, a second ``prepare`` run, a crash) must never see a ha
 final name: every file is written under a hidden temporary name in the same folder, flushed, and then moved
 into place with ``os.replace`` (atomic on POSIX when source and target share a file system: hence the same
 folder).
+
+A full disk (or quota) while writing is an :class:`~crossrank.features.errors.InputError` naming the folder,
+raised after the temporary file is removed: nothing is left under the final name, nor half-written beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from crossrank.features.errors import InputError
 
 # zstd at Arrow's default level compresses the long, repetitive history lists ~2x better than snappy at about
 # the same write speed; every Parquet reader we use (pyarrow, DuckDB, Spark) reads it.
@@ -28,8 +37,37 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _fsync(path: Path) -> None:
-    """Flush ``path`` to disk, so that the rename never exposes a file whose data is only in page cache."""
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# The hidden folder a ``prepare`` job writes into before it swaps it into place (crossrank.pipeline.core.outdir).
+_STAGE = re.compile(r"^\.(.+)\.tmp-\d+-[0-9a-f]+$")
+
+
+def _visible(folder: Path) -> Path:
+    """``folder`` as the user knows it: a prepare job's hidden staging folder named as its target."""
+    return Path(*[m.group(1) if (m := _STAGE.match(part)) else part for part in folder.parts])
+
+
+@contextlib.contextmanager
+def disk_full_as_input_error(path: Path) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT, EFBIG) while writing ``path`` into an InputError naming its folder
+    and the fix; other OSErrors pass through."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        folder = _visible(Path(path).parent)
+        raise InputError(
+            f"cannot write {Path(path).name}: {e.strerror or e} (nothing was left under that name).",
+            where=str(folder),
+            fix=f"free space on the disk that holds {folder} (or write to a folder on another disk), then run "
+            "the same command again.",
+        ) from None
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file (so that a rename never exposes data only in page cache), or a folder's entries (so
+    that a rename into it is durable), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -74,7 +112,12 @@ class AtomicParquetWriter:
     def __enter__(self) -> AtomicParquetWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _temp_path(self.path)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
+        try:
+            with disk_full_as_input_error(self.path):
+                self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -90,7 +133,8 @@ class AtomicParquetWriter:
         self._pending = pa.concat_tables([self._pending, table]) if self._pending.num_rows else table
         n_full = (self._pending.num_rows // self.row_group_size) * self.row_group_size
         if n_full:
-            self._writer.write_table(self._pending.slice(0, n_full), row_group_size=self.row_group_size)
+            with disk_full_as_input_error(self.path):
+                self._writer.write_table(self._pending.slice(0, n_full), row_group_size=self.row_group_size)
             self._pending = self._pending.slice(n_full)
             self.rows_written += n_full
 
@@ -100,21 +144,27 @@ class AtomicParquetWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._writer is not None and self._tmp is not None
+        if self._writer is None or self._tmp is None:  # already closed (a caller may abort after a failure)
+            return
         try:
-            if exc_type is None and self._pending.num_rows:
-                self._writer.write_table(self._pending, row_group_size=self.row_group_size)
-                self.rows_written += self._pending.num_rows
-            self._pending = self.schema.empty_table()
-            self._writer.close()
-            if exc_type is None:
-                _fsync(self._tmp)
+            if exc_type is not None:  # the caller's error is the one to raise; the file goes anyway
+                with contextlib.suppress(OSError):
+                    self._writer.close()
+                return
+            with disk_full_as_input_error(self.path):
+                if self._pending.num_rows:
+                    self._writer.write_table(self._pending, row_group_size=self.row_group_size)
+                    self.rows_written += self._pending.num_rows
+                self._pending = self.schema.empty_table()
+                self._writer.close()
+                fsync_path(self._tmp)
                 os.replace(self._tmp, self.path)
         finally:
             # On any failure (the caller's or ours) the temporary file goes; an old target stays untouched.
             if self._tmp.exists():
                 self._tmp.unlink()
             self._writer = None
+            self._pending = self.schema.empty_table()
 
 
 def write_parquet_atomic(
@@ -143,7 +193,7 @@ def write_text_atomic(text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with disk_full_as_input_error(path), open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -24,8 +24,16 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from crossrank.features.check import schema_problems
 from crossrank.features.errors import InputError
 from crossrank.features.files import DataPaths, list_parquet_files
-from crossrank.features.idmap import map_ids
+from crossrank.features.idmap import check_oov_fraction, map_ids
 from crossrank.features.spec import FeatureSpec, SpecError
+from crossrank.features.validate import (
+    capped,
+    domain_index,
+    first_error,
+    metadata_problems,
+    preflight_error,
+    row_group_problems,
+)
 from crossrank.pipeline.reading.batch import Batch
 
 
@@ -157,10 +165,16 @@ class ReaderStats:
     oov: dict[str, int] = field(default_factory=dict)  # feature -> ids sent to the OOV row
     dense_filled: dict[str, int] = field(default_factory=dict)  # feature -> missing/NaN values filled
     rows: int = 0
+    ids: dict[str, int] = field(default_factory=dict)  # KJT key -> ids mapped (the OOV fractions' base)
 
     def add(self, counts: dict[str, int], name: str, n: int) -> None:
         if n:
             counts[name] = counts.get(name, 0) + n
+
+    def record(self, key: str, n_ids: int, n_oov: int) -> None:
+        """Count one mapped batch of a KJT key's ids, ``n_oov`` of them sent to the OOV row."""
+        self.add(self.ids, key, n_ids)
+        self.add(self.oov, key, n_oov)
 
 
 @dataclass(frozen=True)
@@ -176,9 +190,12 @@ class Unit:
 
 
 def discover_units(spec: FeatureSpec, path: DataPaths, *, with_label: bool = True) -> list[Unit]:
-    """Every (file, row group) of ``path`` (file, folder, glob or a list of them), after checking each file's schema against the spec."""
+    """Every (file, row group) of ``path`` (file, folder, glob or a list of them), after checking each file's
+    schema against the spec and the pre-flight of its footer statistics (:func:`metadata_problems`: null labels,
+    labels outside [0, 1], ids beyond their table, ... in seconds, before any training). Schema problems of
+    every file are one :class:`SpecError`; else the pre-flight's, of every file, one InputError."""
     units: list[Unit] = []
-    problems = []
+    problems, preflight = [], []
     for file in list_parquet_files(path):
         try:
             meta = pq.ParquetFile(file)
@@ -190,10 +207,16 @@ def discover_units(spec: FeatureSpec, path: DataPaths, *, with_label: bool = Tru
             raise InputError(
                 "the Parquet file has no rows.", where=str(file), fix="remove it or re-prepare the data."
             )
-        problems += schema_problems(spec, meta.schema_arrow, str(file), with_label=with_label)
+        found = schema_problems(spec, meta.schema_arrow, str(file), with_label=with_label)
+        if not found:  # no data page is read: metadata only
+            preflight += capped(metadata_problems(spec, meta.metadata, file, with_label=with_label), file)
+        problems += found
         units += [Unit(file, rg, meta.metadata.row_group(rg).num_rows) for rg in range(meta.num_row_groups)]
     if problems:
         raise SpecError(problems)
+    error = preflight_error(preflight, spec)
+    if error is not None:
+        raise error
     return units
 
 
@@ -234,7 +257,12 @@ class BlockConverter:
         self.columns = spec.required_columns(with_label=with_label)
 
     def convert(self, table: pa.Table, where: str) -> Block:
+        """The row group's values checked (the first problem of :func:`row_group_problems`, the check that
+        ``features check`` runs, is an InputError), then mapped."""
         spec = self.spec
+        error = first_error(row_group_problems(spec, table, where, with_label=self.with_label), spec)
+        if error is not None:
+            raise error
         n = table.num_rows
         jagged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for f in spec.of_kind("id", "id_list", "sequence"):
@@ -246,32 +274,18 @@ class BlockConverter:
             else:
                 lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int32)
                 flat = pc.list_flatten(col)
-            if flat.null_count:
-                raise InputError(
-                    f"feature '{f.name}': column '{f.column}' holds {flat.null_count} null id(s) inside its lists.",
-                    where=where,
-                    spec=spec.path,
-                    fix="drop null ids from the lists when preparing the data.",
-                )
             values = flat.to_numpy(zero_copy_only=False)
             if f.kind == "sequence":
                 lengths, values = keep_last(lengths, values, f.max_len)
             rows, n_oov = map_ids(
                 values, spec.table_of_key(f.name), f.mapping, where=where, feature=f.name, spec_path=spec.path
             )
-            self.stats.add(self.stats.oov, f.name, n_oov)
+            self.stats.record(f.name, len(rows), n_oov)
             jagged[f.name] = (lengths, rows)
 
-        domains = self._domains(table, where)
+        domains = self._domains(table)
         cand = spec.candidate
         cand_col = table.column(cand.column).combine_chunks()
-        if cand_col.null_count:
-            raise InputError(
-                f"feature '{cand.name}': {cand_col.null_count} row(s) have no candidate id in '{cand.column}'.",
-                where=where,
-                spec=spec.path,
-                fix="every row needs a candidate item.",
-            )
         cand_ids = cand_col.to_numpy(zero_copy_only=False)
         for i, d in enumerate(spec.domain_names):
             mask = domains == i
@@ -284,56 +298,27 @@ class BlockConverter:
                 feature=key,
                 spec_path=spec.path,
             )
-            self.stats.add(self.stats.oov, key, n_oov)
+            self.stats.record(key, len(rows), n_oov)
             jagged[key] = (mask.astype(np.int32), rows)
+        where_so_far = f"{where}, counted over every row group this process has read so far"
+        check_oov_fraction(spec, self.stats.oov, self.stats.ids, where=where_so_far)
 
         self.stats.rows += n
-        row_ids = self._row_ids(table, where)
-        return Block(self._dense(table, where), self._labels(table, where), domains, row_ids, jagged)
+        row_ids = self._row_ids(table)
+        return Block(self._dense(table), self._labels(table), domains, row_ids, jagged)
 
-    def _row_ids(self, table: pa.Table, where: str) -> np.ndarray:
-        """The row ids as int64 (-1 for string ids); an InputError for null or repeated ids."""
-        column = self.spec.row_id
-        rid = table.column(column).combine_chunks()
-        if rid.null_count:
-            raise InputError(
-                f"row id column '{column}' has {rid.null_count} null value(s).",
-                where=where,
-                spec=self.spec.path,
-                fix="give every row its own id when preparing the data.",
-            )
-        distinct = pc.count_distinct(rid).as_py()
-        if distinct < len(rid):
-            counts = pc.value_counts(rid)
-            repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-            raise InputError(
-                f"row id column '{column}' repeats {len(rid) - distinct} id(s) (e.g. {repeated[:3].to_pylist()}).",
-                where=where,
-                spec=self.spec.path,
-                fix="row ids must be unique: scores and metrics are matched to rows by id.",
-            )
+    def _row_ids(self, table: pa.Table) -> np.ndarray:
+        """The row ids as int64 (-1 for string ids; checked: not null, unique)."""
+        rid = table.column(self.spec.row_id).combine_chunks()
         if pa.types.is_integer(rid.type):
             return rid.to_numpy().astype(np.int64)
         return np.full(len(rid), -1, np.int64)
 
-    def _domains(self, table: pa.Table, where: str) -> np.ndarray:
-        cand = self.spec.candidate
-        col = table.column(cand.domain_column).combine_chunks()
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(pa.string())
-        idx = pc.index_in(col, value_set=pa.array(self.spec.domain_names))
-        if idx.null_count:
-            unknown = pc.unique(col.filter(pc.is_null(idx))).to_pylist()[:5]
-            raise InputError(
-                f"column '{cand.domain_column}' holds domain(s) {unknown} not declared in the spec "
-                f"(declared: {self.spec.domain_names}).",
-                where=where,
-                spec=f"{self.spec.path} (feature '{cand.name}')",
-                fix="declare the domain under `domains:` or fix the data.",
-            )
-        return idx.to_numpy().astype(np.int64)
+    def _domains(self, table: pa.Table) -> np.ndarray:
+        """Each row's domain index (checked: every domain declared)."""
+        return domain_index(self.spec, table).to_numpy().astype(np.int64)
 
-    def _dense(self, table: pa.Table, where: str) -> np.ndarray:
+    def _dense(self, table: pa.Table) -> np.ndarray:
         feats = self.spec.dense_features
         if not feats:  # DenseArch needs one input: a constant column keeps the interface uniform
             return np.ones((table.num_rows, 1), np.float32)
@@ -343,41 +328,18 @@ class BlockConverter:
             missing = ~np.isfinite(x)
             self.stats.add(self.stats.dense_filled, f.name, int(missing.sum()))
             x[missing] = f.fill
-            if f.transform == "log1p":
-                if (x < 0).any():
-                    raise InputError(
-                        f"feature '{f.name}': log1p of negative values in column '{f.column}' "
-                        f"(min {float(x.min())}).",
-                        where=where,
-                        spec=self.spec.path,
-                        fix="use `transform: standardize` or `none` for signed values.",
-                    )
+            if f.transform == "log1p":  # checked: no negative values
                 x = np.log1p(x)
             elif f.transform == "standardize":
                 x = (x - f.mean) / f.std
             out[:, j] = x
         return out
 
-    def _labels(self, table: pa.Table, where: str) -> np.ndarray:
+    def _labels(self, table: pa.Table) -> np.ndarray:
+        """The labels as float32 (checked: 0/1, no null, no NaN)."""
         if not self.with_label:
             return np.zeros(table.num_rows, np.float32)
-        col = table.column(self.spec.label)
-        if col.null_count:
-            raise InputError(
-                f"label column '{self.spec.label}' has {col.null_count} null value(s).",
-                where=where,
-                spec=self.spec.path,
-                fix="drop unlabeled rows from training/evaluation data.",
-            )
-        y = col.to_numpy().astype(np.float32)
-        if not np.isin(y, (0.0, 1.0)).all():
-            raise InputError(
-                f"label column '{self.spec.label}' holds values other than 0/1 (e.g. {float(y[~np.isin(y, (0, 1))][0])}).",
-                where=where,
-                spec=self.spec.path,
-                fix="binarise the label when preparing the data.",
-            )
-        return y
+        return table.column(self.spec.label).to_numpy().astype(np.float32)
 
 
 class ParquetBatchReader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from crossrank.features.errors import InputError
 from crossrank.features.spec import FeatureSpec, load_spec
 from crossrank.pipeline.core.distributed import DistContext
 from crossrank.pipeline.training.checkpoint import (
@@ -15,6 +16,9 @@ from crossrank.pipeline.training.checkpoint import (
 )
 from crossrank.pipeline.training.config import JobConfig, config_from_dict
 from crossrank.pipeline.training.sharding import ShardedRanker, build_sharded_model
+
+SPEC_FILE = "spec.yaml"  # the feature spec a checkpoint was trained with, copied into it by save_checkpoint
+_OTHER_CHECKPOINT = "use another checkpoint of the run (an earlier checkpoints/step-N, or its best)"
 
 
 @dataclass
@@ -27,16 +31,44 @@ class LoadedModel:
     checkpoint: Path
 
 
+def checkpoint_spec(path: Path) -> FeatureSpec:
+    """The feature spec a checkpoint was trained with (its own ``spec.yaml``: ``score`` and ``evaluate``
+    take no spec, the model only fits the one it was trained with); an InputError when it is missing."""
+    spec_path = Path(path) / SPEC_FILE
+    if not spec_path.is_file():
+        raise InputError(
+            f"the checkpoint is incomplete: its {SPEC_FILE}, the feature spec it was trained with (which "
+            "`score` and `evaluate` always use), is missing.",
+            where=str(spec_path),
+            fix=f"{_OTHER_CHECKPOINT}, or copy the spec the run was trained with (data.spec in the run "
+            f"folder's config.yaml) to {spec_path}.",
+        )
+    return load_spec(spec_path)
+
+
+def checkpoint_config(path: Path) -> JobConfig:
+    """The job config a checkpoint was trained with (from its ``meta.json``)."""
+    meta = read_meta(path)
+    if not isinstance(meta.get("config"), dict):
+        raise InputError(
+            "the checkpoint's meta.json has no training config.",
+            where=str(Path(path) / "meta.json"),
+            fix=f"{_OTHER_CHECKPOINT}.",
+        )
+    return config_from_dict(meta["config"], str(Path(path) / "meta.json"))
+
+
 def load_for_inference(checkpoint: str | Path, ctx: DistContext) -> LoadedModel:
     """Build the model a checkpoint was trained as, planned for *this* world size, and load its weights
     (DCP reshards them); the optimizer state is not read. A run folder means its best checkpoint, else its
-    latest; rank 0 prints which one is used."""
+    latest; rank 0 prints which one is used, and that its own spec is."""
     path = resolve_checkpoint(checkpoint)
     if ctx.is_main:
         print(f"using {describe_checkpoint(checkpoint, path)}")
-    meta = read_meta(path)
-    spec = load_spec(path / "spec.yaml")
-    cfg = config_from_dict(meta["config"], str(path / "meta.json"))
+    spec = checkpoint_spec(path)
+    cfg = checkpoint_config(path)
+    if ctx.is_main:
+        print(f"feature spec: {path / SPEC_FILE} (the checkpoint's own, which it was trained with)")
     sharded = build_sharded_model(spec, cfg, ctx)
     load_checkpoint(path, sharded.model, None, ctx)
     sharded.model.eval()

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from crossrank.features.errors import InputError
-from crossrank.features.spec import FeatureSpec, load_spec
+from crossrank.features.spec import FeatureSpec
 from crossrank.pipeline.core.atomic import write_json_atomic, write_parquet_atomic
 from crossrank.pipeline.core.distributed import DistContext, all_reduce_max, init_distributed
 from crossrank.pipeline.reading.batch import Batch
@@ -39,8 +39,8 @@ from crossrank.pipeline.reading.reader import (
     read_unit,
 )
 from crossrank.pipeline.scoring import output as output_folder
-from crossrank.pipeline.scoring.model import LoadedModel, load_for_inference
-from crossrank.pipeline.training.checkpoint import resolve_checkpoint
+from crossrank.pipeline.scoring.model import LoadedModel, checkpoint_spec, load_for_inference
+from crossrank.pipeline.training.checkpoint import check_checkpoint_files, resolve_checkpoint
 
 
 @dataclass
@@ -157,12 +157,18 @@ def _output_table(job: _Job, table: pa.Table, scores: torch.Tensor) -> pa.Table:
 
 def _commit(job: _Job, name: str, unit: Unit, identity: dict[str, Any], out: pa.Table) -> None:
     # Scores first, then the manifest entry: a crash in between only means the unit is scored again (the
-    # part without an entry is removed when the job restarts).
-    write_parquet_atomic(out, job.output / f"{name}.parquet", row_group_size=max(1, out.num_rows))
-    write_json_atomic(
-        output_folder.manifest_entry(unit, identity, job.record, out.num_rows),
-        job.output / output_folder.MANIFEST / f"{name}.json",
-    )
+    # part without an entry is removed when the job restarts). A failed write (a full disk: an InputError from
+    # the atomic writers) leaves neither: the part is removed when its entry cannot be written.
+    part = job.output / f"{name}.parquet"
+    write_parquet_atomic(out, part, row_group_size=max(1, out.num_rows))
+    try:
+        write_json_atomic(
+            output_folder.manifest_entry(unit, identity, job.record, out.num_rows),
+            job.output / output_folder.MANIFEST / f"{name}.json",
+        )
+    except Exception:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _score_units(job: _Job, plan: _Plan, bar: tqdm, start: float) -> tuple[int, int]:
@@ -237,9 +243,10 @@ def _check_before_loading(
     checkpoint: Path, input_path: str, output: Path, cols: list[str], overwrite: bool
 ) -> None:
     """The cheap checks, before the model is built: the output folder (a file? writable? another job's?),
-    the checkpoint's spec, and the input's files and schema."""
+    the checkpoint's files and spec, and the input's files and schema."""
     output_folder.check_output(output, output_folder.job_record(checkpoint, input_path, cols), overwrite)
-    units = discover_units(load_spec(checkpoint / "spec.yaml"), input_path, with_label=False)
+    check_checkpoint_files(checkpoint)
+    units = discover_units(checkpoint_spec(checkpoint), input_path, with_label=False)
     _check_passthrough(units, cols)
 
 

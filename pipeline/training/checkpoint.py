@@ -11,7 +11,15 @@ Layout of ``RUN_DIR/checkpoints/step-000000123/``::
 
 A checkpoint is written to ``.tmp-step-...`` and renamed into place by rank 0 once every rank has
 finished, so a crash mid-write leaves the previous checkpoint intact; ``latest_checkpoint`` only returns
-folders whose ``meta.json`` exists and parses.
+folders whose ``meta.json`` exists and parses. A second save of the same step never deletes the first before
+the new one is in place: the old folder is renamed to ``.old-step-...``, the new one to ``step-...``, and
+only then is the old one removed (a crash between the renames leaves the old one at ``.old-step-...``, which
+then still counts). Leftovers of crashed writes, and checkpoints beyond ``keep``, are removed at the next
+save; a folder that cannot be removed is reported on stderr, not ignored.
+
+Before DCP reads a checkpoint, :func:`check_checkpoint_files` checks ``.metadata`` and the size of every
+shard file it names, so a damaged checkpoint is one :class:`InputError` naming the file (no DCP traceback);
+a shard whose bytes are corrupt is reported with its name as well.
 
 ``RUN_DIR/best/`` is a copy of the checkpoint with the best validation ``train.select_metric`` so far (never
 rotated away by ``keep_checkpoints``). :func:`promote_best` copies into ``.tmp-best``, fsyncs and swaps it in by
@@ -22,12 +30,17 @@ rename, so a crash mid-copy leaves the previous best. A run folder given to :fun
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import pickle
 import re
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +50,32 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future
+from tqdm import tqdm
 
 from crossrank.features.errors import InputError
-from crossrank.pipeline.core.distributed import DistContext
+from crossrank.features.spec import copy_spec
+from crossrank.pipeline.core.atomic import fsync_path
+from crossrank.pipeline.core.distributed import DistContext, all_reduce_max
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+# The previous copy of a step, between the two renames of a re-save (see ``_commit``).
+_OLD_STEP_DIR = re.compile(r"^\.old-step-(\d+)$")
+_TMP_STEP_DIR = re.compile(r"^\.tmp-step-(\d+)$")  # a checkpoint being written (or left by a crash)
+# DCP's global metadata file, written by ``FileSystemWriter`` with rank coordination (how ``dcp.save`` runs
+# here). DCP keeps the name private (``filesystem._metadata_fn``); tests/test_faults.py pins it.
+METADATA_FILE = ".metadata"
+# What torch.load says about bytes that are not a saved tensor (truncated or corrupt zip records).
+_UNREADABLE = re.compile(r"PytorchStreamReader|miniz|zip archive|central directory|unpickl", re.IGNORECASE)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DAMAGED_FIX = (
+    "use another checkpoint of the run (an earlier checkpoints/step-N, or its best); to resume training, move "
+    "this folder out of checkpoints/ so that the run continues from its previous checkpoint."
+)
 BEST_DIR = "best"
 _TMP_BEST = ".tmp-best"  # the copy being made
 _OLD_BEST = ".old-best"  # the previous best between the two renames of a swap
@@ -84,19 +117,137 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 class SafeFileSystemReader(FileSystemReader):
     """DCP's file reader, but ``.metadata`` is unpickled with an allowlist (DCP's own ``pickle.load`` would
-    run arbitrary code from a tampered file). Tensor data is read by DCP with ``weights_only=True``."""
+    run arbitrary code from a tampered file), read once and kept, and a shard file that cannot be read is an
+    :class:`InputError` naming it. Tensor data is read by DCP with ``weights_only=True``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._metadata: Metadata | None = None
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        rank = kwargs.get("rank")
-        path = self._get_metadata_path(rank)
-        with self.fs.create_stream(path, "rb") as f:
-            metadata = _RestrictedUnpickler(io.BytesIO(f.read())).load()
-        if not isinstance(metadata, Metadata):
-            raise pickle.UnpicklingError("checkpoint metadata is not DCP Metadata")
-        storage_meta = getattr(metadata, "storage_meta", None) or StorageMeta()
-        storage_meta.load_id = self.load_id
-        metadata.storage_meta = storage_meta
-        return metadata
+        """The checkpoint's global metadata (crossrank never writes DCP's rank-local ones, so ``rank`` is
+        ignored); raises OSError or UnpicklingError when it is missing or not DCP metadata."""
+        if self._metadata is None:
+            with open(Path(self.checkpoint_id) / METADATA_FILE, "rb") as f:
+                metadata = _RestrictedUnpickler(io.BytesIO(f.read())).load()
+            if not isinstance(metadata, Metadata):
+                raise pickle.UnpicklingError("checkpoint metadata is not DCP Metadata")
+            storage_meta = getattr(metadata, "storage_meta", None) or StorageMeta()
+            storage_meta.load_id = self.load_id
+            metadata.storage_meta = storage_meta
+            self._metadata = metadata
+        return self._metadata
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        """DCP's read, one shard file at a time, so that a file torch cannot read is named."""
+        by_file: dict[str, list[Any]] = {}
+        for item in plan.items:
+            by_file.setdefault(_shard_name(self.storage_data[item.storage_index]), []).append(item)
+        for name, items in by_file.items():
+            try:
+                super().read_data(replace(plan, items=items), planner).wait()
+            except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+                if isinstance(e, RuntimeError) and not _UNREADABLE.search(str(e)):
+                    raise  # not the file's bytes (e.g. a tensor that does not fit the model)
+                raise InputError(
+                    f"cannot load the checkpoint: its shard file {name} is damaged "
+                    f"({type(e).__name__}: {str(e).split('. ')[0]}).",
+                    where=str(Path(self.checkpoint_id) / name),
+                    fix=_DAMAGED_FIX,
+                ) from None
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+
+def _shard_name(info: Any) -> str:
+    """The file a DCP storage entry (``filesystem._StorageInfo``) lives in, relative to the checkpoint."""
+    return str(getattr(info, "relative_path", "?"))
+
+
+def check_checkpoint_files(path: str | Path) -> SafeFileSystemReader:
+    """A reader for the checkpoint at ``path`` whose metadata is read, after checking that ``.metadata``
+    parses and that every shard file it names is there and long enough; else an InputError naming the file
+    (a truncated or deleted file is found here, before DCP reads anything)."""
+    path = Path(path)
+    reader = SafeFileSystemReader(path)
+    if not (path / METADATA_FILE).is_file():
+        raise InputError(
+            f"cannot load the checkpoint: its DCP metadata file {METADATA_FILE} is missing.",
+            where=str(path / METADATA_FILE),
+            fix=_DAMAGED_FIX,
+        )
+    try:
+        metadata = reader.read_metadata()
+    except Exception as e:  # a truncated, foreign or tampered file: pickle raises many kinds of errors
+        raise InputError(
+            f"cannot load the checkpoint: its DCP metadata file cannot be read ({e}).",
+            where=str(path / METADATA_FILE),
+            fix=_DAMAGED_FIX,
+        ) from None
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = int(getattr(info, "offset", 0)) + int(getattr(info, "length", 0))
+        needed[_shard_name(info)] = max(needed.get(_shard_name(info), 0), end)
+    for name, size in sorted(needed.items()):
+        shard = path / name
+        have = shard.stat().st_size if shard.is_file() else None
+        if have is None or have < size:
+            state = "is missing" if have is None else f"is truncated ({have:,} of {size:,} bytes)"
+            raise InputError(
+                f"cannot load the checkpoint: its shard file {name} {state}.",
+                where=str(shard),
+                fix=_DAMAGED_FIX,
+            )
+    return reader
+
+
+class _RecordingStream:
+    """A file stream that remembers the first OSError a write raised (in its file system)."""
+
+    def __init__(self, stream: Any, fs: _RecordingFileSystem) -> None:
+        self._stream, self._fs = stream, fs
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self._stream.write(data))
+        except OSError as e:
+            self._fs.write_error = self._fs.write_error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _RecordingFileSystem(FileSystem):
+    """DCP's local file system, remembering the first OSError a write raised: torch.save reports a failed
+    write (e.g. a full disk) as a RuntimeError ("unexpected pos") that no longer holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_error: OSError | None = None
+
+    @contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+        with super().create_stream(path, mode) as stream:
+            yield _RecordingStream(stream, self) if "w" in mode or "a" in mode else stream
+
+
+class _Writer(FileSystemWriter):
+    """DCP's file writer, but a write that failed with an OSError raises that OSError, so that every rank
+    learns the cause (a full disk is then one InputError, see :func:`_write_error`)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.fs = _RecordingFileSystem()
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        try:
+            return super().write_data(plan, planner)
+        except Exception:
+            if isinstance(self.fs, _RecordingFileSystem) and self.fs.write_error is not None:
+                raise self.fs.write_error from None
+            raise
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -104,16 +255,19 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's ``meta.json``, or an InputError naming the folder."""
+    """A checkpoint's ``meta.json``, or an InputError naming the file."""
     meta = Path(path) / "meta.json"
     try:
-        return json.loads(meta.read_text())
+        data = json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(
-            f"not a complete crossrank checkpoint ({e}).",
-            where=str(path),
-            fix="pass a checkpoints/step-N folder.",
+            f"not a complete crossrank checkpoint: its meta.json (written last) cannot be read ({e}).",
+            where=str(meta),
+            fix=_DAMAGED_FIX,
         ) from None
+    if not isinstance(data, dict):
+        raise InputError("not a crossrank checkpoint's meta.json.", where=str(meta), fix=_DAMAGED_FIX)
+    return data
 
 
 def is_complete(path: str | Path) -> bool:
@@ -125,15 +279,27 @@ def is_complete(path: str | Path) -> bool:
     return True
 
 
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (incomplete and temporary folders are ignored)."""
-    root = checkpoint_root(run_dir)
-    found = []
+def _step_folders(root: Path) -> dict[str, list[tuple[int, Path]]]:
+    """The step folders under ``root`` by kind: ``final`` (step-N), ``old`` (.old-step-N), ``tmp``."""
+    kinds: dict[str, list[tuple[int, Path]]] = {"final": [], "old": [], "tmp": []}
     for d in root.iterdir() if root.is_dir() else []:
-        m = STEP_DIR.match(d.name)
-        if m and is_complete(d):
-            found.append((int(m.group(1)), d))
-    return [d for _, d in sorted(found)]
+        for kind, pattern in (("final", STEP_DIR), ("old", _OLD_STEP_DIR), ("tmp", _TMP_STEP_DIR)):
+            m = pattern.match(d.name)
+            if m:
+                kinds[kind].append((int(m.group(1)), d))
+    return kinds
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (incomplete and temporary folders are ignored). A step
+    whose ``step-N`` is not complete counts with its ``.old-step-N``, if complete (a crash between the two
+    renames of a re-save)."""
+    kinds = _step_folders(checkpoint_root(run_dir))
+    found = {step: d for step, d in kinds["final"] if is_complete(d)}
+    for step, d in kinds["old"]:
+        if step not in found and is_complete(d):
+            found[step] = d
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -158,6 +324,14 @@ def resolve_checkpoint(path: str | Path, prefer_best: bool = True) -> Path:
     p = Path(path)
     if (p / "meta.json").is_file():
         return p
+    if p.is_dir() and (
+        (p / METADATA_FILE).is_file() or STEP_DIR.match(p.name) or _TMP_STEP_DIR.match(p.name)
+    ):
+        raise InputError(
+            "an incomplete checkpoint: it has no meta.json, which is written last (its write was interrupted).",
+            where=str(p),
+            fix=_DAMAGED_FIX,
+        )
     best = best_checkpoint(p) if prefer_best else None
     found = best or latest_checkpoint(p) or latest_checkpoint(p.parent)
     if found is not None:
@@ -186,6 +360,49 @@ def _barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def _all_ok(error: BaseException | None, ctx: DistContext) -> bool:
+    """Whether no rank failed (collective: every rank learns of a failure on any rank, and a barrier)."""
+    failed = int(error is not None)
+    return not (all_reduce_max(failed, ctx) if ctx.world_size > 1 else failed)
+
+
+def _disk_full(error: BaseException | None) -> OSError | None:
+    """The full-disk OSError behind ``error``: DCP wraps each rank's failure in a CheckpointException, and
+    torch.save turns a failed write into a RuntimeError whose context is the OSError."""
+    todo = [error]
+    if isinstance(error, CheckpointException):  # each failure is (exception, traceback frames)
+        todo += [f[0] if isinstance(f, tuple) else f for f in error.failures.values()]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def _write_error(folder: Path, error: BaseException | None) -> BaseException:
+    """What a failed checkpoint write raises: an InputError for a full disk (or quota), else the error."""
+    if error is None:  # this rank wrote its part, another one failed (and says why)
+        return InputError(
+            "another process of the job could not write its part of the checkpoint.",
+            where=str(folder),
+            fix="see the other process's error.",
+        )
+    full = _disk_full(error)
+    if full is None:
+        return error
+    return InputError(
+        f"cannot write the checkpoint: {full.strerror or full} (nothing was left under the final name).",
+        where=str(folder.parent),
+        fix=f"free space on the disk that holds {folder.parent} (or set run_dir to a folder on another "
+        "disk), then run the same command again: training resumes from the latest checkpoint.",
+    )
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -204,7 +421,9 @@ def save_checkpoint(
         model / optimizer: the DMP model and its combined optimizer (each rank saves its own shards).
         meta: JSON-able training state (epoch, reader position, config, ...).
         spec_path: the feature spec, copied into the checkpoint.
-        keep: complete checkpoints to keep (older ones are deleted).
+        keep: complete checkpoints to keep (older ones are deleted; a failure to delete is reported).
+
+    A full disk is an InputError on every rank, and the temporary folder is removed.
     """
     root = checkpoint_root(run_dir)
     final = root / f"step-{step:09d}"
@@ -216,26 +435,33 @@ def save_checkpoint(
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    dcp.save(state, storage_writer=FileSystemWriter(tmp))
-    np.save(tmp / f"rng-rank{ctx.rank}.npy", torch.get_rng_state().numpy())
-    _barrier(ctx)
+    error: BaseException | None = None
+    try:
+        dcp.save(state, storage_writer=_Writer(tmp))
+        np.save(tmp / f"rng-rank{ctx.rank}.npy", torch.get_rng_state().numpy())
+    except (OSError, CheckpointException) as e:
+        error = e
+    if _all_ok(error, ctx) and ctx.is_main:
+        error = _finish(tmp, final, spec_path, {**meta, "step": step, "world_size": ctx.world_size})
+    if not _all_ok(error, ctx):
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(tmp, error)
     if ctx.is_main:
-        shutil.copyfile(spec_path, tmp / "spec.yaml")
-        _write_meta(tmp, {**meta, "step": step, "world_size": ctx.world_size})
-        _commit(tmp, final)
-        for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        _rotate(root, keep)
     _barrier(ctx)
     return final
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries (after a rename), to disk."""
-    fd = os.open(path, os.O_RDONLY)
+def _finish(tmp: Path, final: Path, spec_path: str, meta: dict[str, Any]) -> OSError | None:
+    """Rank 0's part once every rank's shards are written: the spec, ``meta.json`` (last), the commit."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        copy_spec(spec_path, tmp)  # with its vocabulary files: a vocab's lines are part of the model
+        _write_meta(tmp, meta)
+        _commit(tmp, final)
+    except OSError as e:
+        return e
+    return None
 
 
 def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
@@ -249,11 +475,44 @@ def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
 
 
 def _commit(tmp: Path, final: Path) -> None:
-    """The atomic step: rename the finished folder into place, then make the rename durable."""
-    if final.exists():  # the same step written again (e.g. after a resume): replace it
-        shutil.rmtree(final)
+    """The atomic step: rename the finished folder into place, then make the rename durable. A folder of the
+    same step (written again, e.g. after a resume) is renamed to ``.old-step-N`` first and removed only once
+    the new one is in place, so a complete checkpoint of the step exists under one of the names throughout."""
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        if old.exists():  # the leftover of an earlier re-save that crashed after its renames
+            shutil.rmtree(old)
+        os.replace(final, old)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
+    if old.exists():
+        _remove(old, "the previous copy of this checkpoint")
+
+
+def _remove(folder: Path, what: str) -> None:
+    """Remove ``folder``; a failure is a warning line on stderr naming it (the run goes on)."""
+    try:
+        shutil.rmtree(folder)
+    except OSError as e:
+        tqdm.write(
+            f"crossrank: warning: could not remove {what} {folder} ({e.strerror or e}); it stays on disk. "
+            f"Fix: remove it by hand (and check the permissions and free space of {folder.parent}).",
+            file=sys.stderr,
+        )
+
+
+def _rotate(root: Path, keep: int) -> None:
+    """Remove the complete checkpoints beyond the newest ``keep`` and the leftovers of crashed writes
+    (``.tmp-step-N``; ``.old-step-N`` whose ``step-N`` is complete); failures are reported, not raised."""
+    for old in complete_checkpoints(root.parent)[:-keep] if keep > 0 else []:
+        _remove(old, "old checkpoint")
+    kinds = _step_folders(root)
+    complete = {step for step, d in kinds["final"] if is_complete(d)}
+    for _, d in kinds["tmp"]:
+        _remove(d, "the unfinished checkpoint")
+    for step, d in kinds["old"]:
+        if step in complete:
+            _remove(d, "the previous copy of checkpoint")
 
 
 def update_meta(path: Path, changes: dict[str, Any], ctx: DistContext) -> None:
@@ -265,7 +524,7 @@ def update_meta(path: Path, changes: dict[str, Any], ctx: DistContext) -> None:
 
 def _copy_file(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
-    _fsync(dst)
+    fsync_path(dst)
 
 
 def _copy_checkpoint(src: Path, dst: Path, changes: dict[str, Any]) -> None:
@@ -280,7 +539,7 @@ def _copy_checkpoint(src: Path, dst: Path, changes: dict[str, Any]) -> None:
             _copy_file(f, target)
     _write_meta(dst, {**read_meta(src), **changes})
     for d in [dst, *(d for d in dst.rglob("*") if d.is_dir())]:
-        _fsync(d)
+        fsync_path(d)
 
 
 def promote_best(run_dir: str | Path, checkpoint: Path, changes: dict[str, Any], ctx: DistContext) -> Path:
@@ -299,7 +558,7 @@ def promote_best(run_dir: str | Path, checkpoint: Path, changes: dict[str, Any],
         elif final.exists():  # a damaged best: drop it (the previous one may still be at .old-best)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(run)
+        fsync_path(run)
         shutil.rmtree(old, ignore_errors=True)
     _barrier(ctx)
     return final
@@ -309,9 +568,11 @@ def load_checkpoint(
     path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, ctx: DistContext
 ) -> dict[str, Any]:
     """Load a checkpoint into a freshly built (and sharded, for any world size and plan) model and optimizer;
-    DCP reshards as needed. Returns its ``meta.json``."""
+    DCP reshards as needed. Returns its ``meta.json``. A damaged checkpoint (a missing, truncated or
+    unreadable file) is one InputError naming the file."""
     path = Path(path)
     meta = read_meta(path)
+    reader = check_checkpoint_files(path)
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         # Optimizer state (e.g. Adam's moments) is created lazily on the first step; DCP loads in place, so
@@ -321,19 +582,36 @@ def load_checkpoint(
             optimizer.zero_grad(set_to_none=True)
         state["optim"] = optimizer.state_dict()
     try:
-        dcp.load(state, storage_reader=SafeFileSystemReader(path))
+        dcp.load(state, storage_reader=reader)
     except CheckpointException as e:  # a BaseException: turn it into the one-paragraph error users get
         # each failure is (exception, traceback frames)
-        reasons = "; ".join(str(f[0] if isinstance(f, tuple) else f) for f in e.failures.values())
+        causes = [f[0] if isinstance(f, tuple) else f for f in e.failures.values()]
+        named = next((c for c in causes if isinstance(c, InputError)), None)
+        if named is not None:  # a shard file that could not be read (by this rank or another)
+            raise named from None
         raise InputError(
-            f"cannot load the checkpoint: {reasons}",
+            f"cannot load the checkpoint: {'; '.join(map(str, causes))}",
             where=str(path),
             fix="use an untampered checkpoint written by crossrank for this model config.",
         ) from None
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
-    rng = path / f"rng-rank{ctx.rank}.npy"
-    if meta.get("world_size") == ctx.world_size and rng.is_file():
-        torch.set_rng_state(torch.from_numpy(np.load(rng, allow_pickle=False)))
+        if meta.get("world_size") == ctx.world_size:  # the RNG only matters to a resumed training run
+            torch.set_rng_state(_read_rng(path / f"rng-rank{ctx.rank}.npy"))
     return meta
+
+
+def _read_rng(path: Path) -> torch.Tensor:
+    """A rank's saved RNG state, or an InputError naming the file (without it a resume is not exact)."""
+    try:
+        state = np.load(path, allow_pickle=False)
+        if state.dtype != np.uint8 or state.ndim != 1:
+            raise ValueError(f"an array of {state.dtype}, not the uint8 RNG state")
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(
+            f"cannot load the checkpoint: this rank's RNG state cannot be read ({e}).",
+            where=str(path),
+            fix=_DAMAGED_FIX,
+        ) from None
+    return torch.from_numpy(state)

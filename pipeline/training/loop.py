@@ -26,6 +26,7 @@ from crossrank.pipeline.core.distributed import DistContext, all_reduce_max, ini
 from crossrank.pipeline.evaluation.metrics import format_metrics_table, latest_tables
 from crossrank.pipeline.evaluation.predict import evaluate, evaluate_ranking
 from crossrank.pipeline.reading.batch import Batch
+from crossrank.pipeline.reading.oov import epoch_oov_check
 from crossrank.pipeline.reading.reader import ParquetBatchReader
 from crossrank.pipeline.training.checkpoint import (
     BEST_DIR,
@@ -364,6 +365,10 @@ class Trainer:
                 if self.result.stopped_early:
                     break
         bar.close()
+        stats = self.splits.train.stats  # OOV ids so far, over all ranks: printed, held to max_oov_fraction
+        epoch_oov_check(
+            self.spec, stats.oov, stats.ids, self.ctx, epoch=epoch, data="data.train", write=tqdm.write
+        )
 
     def train_steps(
         self, pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: range, run: EpochRun
@@ -499,7 +504,7 @@ class Trainer:
                 evaluate_ranking(model, ranking, self.spec, self.ctx, cfg.data.ranking_group_size)
             )
         stats = self.splits.train.stats
-        result.reader = {"oov": stats.oov, "dense_filled": stats.dense_filled}
+        result.reader = {"oov": stats.oov, "ids": stats.ids, "dense_filled": stats.dense_filled}
         self.board.metrics("test", result.test, result.steps)
 
     def write(self) -> None:

@@ -33,7 +33,11 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from crossrank.features.errors import InputError
 from crossrank.pipeline.core.distributed import DistContext
-from crossrank.pipeline.training.checkpoint import SafeFileSystemReader, resolve_checkpoint
+from crossrank.pipeline.training.checkpoint import (
+    SafeFileSystemReader,
+    check_checkpoint_files,
+    resolve_checkpoint,
+)
 from crossrank.pipeline.training.sharding import ShardedRanker
 
 DECISIONS: tuple[str, ...] = ("loaded", "resized", "reinitialised", "new", "dropped")
@@ -118,9 +122,10 @@ def _shape_text(shape: list[int] | None) -> str:
 
 def _saved_tensors(path: Path) -> dict[str, TensorStorageMetadata]:
     """Every tensor of the checkpoint (flattened DCP key -> its metadata), read without unpickling code."""
+    check_checkpoint_files(path)  # a deleted or truncated file: one error naming it
     try:
         metadata = SafeFileSystemReader(path).read_metadata()
-    except Exception as e:  # a missing, truncated or tampered .metadata file
+    except Exception as e:  # a tampered .metadata file
         raise InputError(
             f"cannot read the checkpoint's metadata ({e}).",
             where=str(path),

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossrank.pipeline.core.atomic import AtomicParquetWriter
+from crossrank.pipeline.prepare.contract import contract_schema
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 PART_NAME = "part-00000.parquet"
@@ -59,22 +60,8 @@ class Histories:
 
 
 def output_schema(domains: list[str]) -> pa.Schema:
-    """The Arrow schema of every split file, for domain names in order.
-
-    Args:
-        domains: the domain names, in column order.
-    """
-    fields = [
-        pa.field("row_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("item_id", pa.int64()),
-        pa.field("domain", pa.string()),
-        pa.field("label", pa.int8()),
-        pa.field("timestamp", pa.int64()),
-    ]
-    for d in domains:
-        fields += [pa.field(f"hist_{d}", pa.list_(pa.int64())), pa.field(f"hist_count_{d}", pa.float32())]
-    return pa.schema(fields)
+    """The Arrow schema of every split file, for domain names in order (the data contract)."""
+    return contract_schema(domains)
 
 
 def sort_rows(rows: Rows) -> Rows:

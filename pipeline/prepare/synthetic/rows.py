@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from crossrank.pipeline.prepare.contract import contract_schema
 from crossrank.pipeline.prepare.synthetic.config import SyntheticConfig
 from crossrank.pipeline.prepare.synthetic.world import (
     _TIME_BITS,
@@ -95,26 +96,8 @@ def _histories(
 
 
 def output_schema(domains: tuple[str, ...]) -> pa.Schema:
-    """The Arrow schema of the split files (the project's data contract).
-
-    Args:
-        domains: domain names.
-    """
-    fields = [
-        pa.field("row_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("item_id", pa.int64()),
-        pa.field("domain", pa.string()),
-        pa.field("label", pa.int8()),
-        pa.field("timestamp", pa.int64()),
-    ]
-    for name in domains:
-        fields += [
-            pa.field(f"hist_{name}", pa.list_(pa.int64())),
-            pa.field(f"hist_count_{name}", pa.float32()),
-        ]
-    fields.append(pa.field("true_prob", pa.float32()))
-    return pa.schema(fields)
+    """The Arrow schema of the split files: the data contract plus each row's true click probability."""
+    return contract_schema(domains, [pa.field("true_prob", pa.float32())])
 
 
 def _rows_table(
