@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crossrank.features.errors import InputError
-from crossrank.features.files import DataPaths, as_path_list, list_parquet_files
+from crossrank.features.files import DataPaths, as_path_list, iter_row_groups, list_parquet_files
 from crossrank.features.hashing import hash_ids
 from crossrank.features.idmap import check_oov_fraction, map_ids
 from crossrank.features.spec import FeatureDef, FeatureSpec, Problem, TableSpec
@@ -339,28 +339,18 @@ def collect_ids(spec: FeatureSpec, data: DataPaths) -> dict[str, IdCounts]:
     columns = sorted({c for hk in keys for c in (hk.feature.column, hk.feature.domain_column) if c})
     if not keys:
         return found
-    for file in list_parquet_files(data):
-        meta = pq.ParquetFile(file)
-        missing = [c for c in columns if c not in meta.schema_arrow.names]
-        if missing:
-            raise InputError(
-                f"column(s) {missing} of the hash-mapped features are missing.",
-                where=str(file),
-                spec=spec.path,
-                fix="check the file with `crossrank features check SPEC --data FILE`, or point at the right split.",
-            )
-        for rg in range(meta.num_row_groups):
-            part = meta.read_row_group(rg, columns=columns)
-            for hk in keys:
-                try:
-                    found[hk.key].add(hash_ids(_row_group_ids(spec, part, hk)))
-                except TypeError as e:
-                    raise InputError(
-                        f"feature '{hk.feature.name}': column '{hk.feature.column}': {e}",
-                        where=f"{file} (row group {rg})",
-                        spec=spec.path,
-                        fix="write integer or string ids.",
-                    ) from None
+    parts = iter_row_groups(data, columns, needed_for="of the hash-mapped features", spec_path=spec.path)
+    for part, where in parts:
+        for hk in keys:
+            try:
+                found[hk.key].add(hash_ids(_row_group_ids(spec, part, hk)))
+            except TypeError as e:
+                raise InputError(
+                    f"feature '{hk.feature.name}': column '{hk.feature.column}': {e}",
+                    where=where,
+                    spec=spec.path,
+                    fix="write integer or string ids.",
+                ) from None
     return {k: v.merged() for k, v in found.items()}
 
 

@@ -4,8 +4,11 @@ them, e.g. ``[events/date=2026-11-19, events/date=2026-11-20]`` or ``events/*/pa
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from crossrank.features.errors import InputError
 
@@ -53,3 +56,29 @@ def list_parquet_files(paths: DataPaths) -> list[Path]:
         for f in _files_of(location):
             seen.setdefault(f, None)
     return list(seen)
+
+
+def iter_row_groups(
+    paths: DataPaths, columns: list[str], *, needed_for: str, spec_path: str
+) -> Iterator[tuple[pa.Table, str]]:
+    """Each row group of every file of ``paths`` (those columns only), one at a time, with where it comes
+    from (``FILE (row group N)``); a file without one of the columns is an InputError naming it.
+
+    Args:
+        paths: the data.
+        columns: the columns to read.
+        needed_for: what the columns are for, in the error (e.g. "of the hash-mapped features").
+        spec_path: the feature spec, named in the error.
+    """
+    for file in list_parquet_files(paths):
+        meta = pq.ParquetFile(file)
+        missing = [c for c in columns if c not in meta.schema_arrow.names]
+        if missing:
+            raise InputError(
+                f"column(s) {missing} {needed_for} are missing.",
+                where=str(file),
+                spec=spec_path,
+                fix="check the data with `crossrank features check SPEC --data PATH`, or point at the right split.",
+            )
+        for rg in range(meta.num_row_groups):
+            yield meta.read_row_group(rg, columns=columns), f"{file} (row group {rg})"

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
 from crossrank.features.errors import InputError
-from crossrank.features.files import DataPaths, list_parquet_files
+from crossrank.features.files import DataPaths, iter_row_groups
 from crossrank.features.spec import FeatureDef, FeatureSpec
 from crossrank.features.vocab import ValueCounts, vocab_path, write_text_atomic
 
@@ -110,20 +109,9 @@ def _values(part: pa.Table, f: FeatureDef) -> pa.Array:
     return col.drop_null()
 
 
-def _read_parts(spec: FeatureSpec, data: DataPaths, columns: list[str]) -> Any:
+def _read_parts(spec: FeatureSpec, data: DataPaths, columns: list[str]) -> Iterator[tuple[pa.Table, str]]:
     """Each row group of ``data`` (those columns), one at a time, with where it comes from."""
-    for file in list_parquet_files(data):
-        meta = pq.ParquetFile(file)
-        missing = [c for c in columns if c not in meta.schema_arrow.names]
-        if missing:
-            raise InputError(
-                f"column(s) {missing} needed to fit the spec are missing.",
-                where=str(file),
-                spec=spec.path,
-                fix="check the data with `crossrank features check SPEC --data TRAIN`, or point at the right split.",
-            )
-        for rg in range(meta.num_row_groups):
-            yield meta.read_row_group(rg, columns=columns), f"{file} (row group {rg})"
+    return iter_row_groups(data, columns, needed_for="needed to fit the spec", spec_path=spec.path)
 
 
 def fit_spec(spec: FeatureSpec, data: DataPaths) -> FitResult:
