@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from crossrank.features.atomic_files import write_text_atomic
 from crossrank.features.errors import InputError
 from crossrank.features.files import DataPaths, iter_row_groups
 from crossrank.features.spec import FeatureDef, FeatureSpec
-from crossrank.features.vocab import ValueCounts, vocab_path, write_text_atomic
+from crossrank.features.vocab import ValueCounts, vocab_path
 
 
 @dataclass

@@ -18,9 +18,7 @@ Example (``genres.txt``, next to the spec)::
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -192,22 +190,6 @@ class ValueCounts:
         order = pc.sort_indices(table, sort_keys=[("count", "descending"), ("value", "ascending")])
         table = table.take(order)
         return list(zip(table.column("value").to_pylist(), table.column("count").to_pylist(), strict=True))
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` through a hidden temporary file in the same folder and ``os.replace``:
-    a reader sees the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def copy_with_vocabs(

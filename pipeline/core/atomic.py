@@ -1,4 +1,4 @@
-"""Atomic Parquet (and small text) writers shared by the data preparers.
+"""Atomic Parquet (and small text: ``crossrank.features.atomic_files``) writers shared by the stages.
 
 A reader (a training job, a second ``prepare`` run, a crash) must never see a half-written file under its
 final name: every file is written under a hidden temporary name in the same folder, flushed, and then moved
@@ -12,12 +12,8 @@ raised after the temporary file is removed: nothing is left under the final name
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import re
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,44 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crossrank.features.errors import InputError
+from crossrank.features.atomic_files import disk_full_as_input_error, temp_path, write_text_atomic
 
 # zstd at Arrow's default level compresses the long, repetitive history lists ~2x better than snappy at about
 # the same write speed; every Parquet reader we use (pyarrow, DuckDB, Spark) reads it.
 DEFAULT_COMPRESSION = "zstd"
-
-
-def _temp_path(path: Path) -> Path:
-    """A hidden, unique temporary name next to ``path`` (pid + random suffix: no clash between writers)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-# The hidden folder a ``prepare`` job writes into before it swaps it into place (crossrank.pipeline.core.outdir).
-_STAGE = re.compile(r"^\.(.+)\.tmp-\d+-[0-9a-f]+$")
-
-
-def _visible(folder: Path) -> Path:
-    """``folder`` as the user knows it: a prepare job's hidden staging folder named as its target."""
-    return Path(*[m.group(1) if (m := _STAGE.match(part)) else part for part in folder.parts])
-
-
-@contextlib.contextmanager
-def disk_full_as_input_error(path: Path) -> Iterator[None]:
-    """Turn a full disk (ENOSPC, EDQUOT, EFBIG) while writing ``path`` into an InputError naming its folder
-    and the fix; other OSErrors pass through."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in _DISK_FULL:
-            raise
-        folder = _visible(Path(path).parent)
-        raise InputError(
-            f"cannot write {Path(path).name}: {e.strerror or e} (nothing was left under that name).",
-            where=str(folder),
-            fix=f"free space on the disk that holds {folder} (or write to a folder on another disk), then run "
-            "the same command again.",
-        ) from None
 
 
 def fsync_path(path: Path) -> None:
@@ -111,7 +74,7 @@ class AtomicParquetWriter:
 
     def __enter__(self) -> AtomicParquetWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temp_path(self.path)
+        self._tmp = temp_path(self.path)
         try:
             with disk_full_as_input_error(self.path):
                 self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
@@ -180,27 +143,6 @@ def write_parquet_atomic(
     """
     with AtomicParquetWriter(path, table.schema, row_group_size, compression) as writer:
         writer.write(table)
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically.
-
-    Args:
-        text: the file content.
-        path: the final file name; its folder is created if needed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with disk_full_as_input_error(path), open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
