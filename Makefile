@@ -12,6 +12,10 @@ DEPS := tensordict==0.15.3 torchmetrics==1.9.0 pyre-extensions==0.0.32 tqdm==4.7
 	mypy==2.4.1 types-PyYAML==6.0.12.20261113 pandas-stubs==3.1.0.261029 \
 	tensorboard==2.21.0 tensorboard-data-server==0.7.2 protobuf==7.36.2 grpcio==1.85.1 absl-py==2.5.1 \
 	markdown==3.11.3 werkzeug==3.1.9
+# Object storage (s3fs/gcsfs for fsspec, moto's S3 server for the tests).
+STORAGE_DEPS := s3fs==2026.9.0 aiobotocore==3.10.0 botocore==1.43.117 boto3==1.43.117 "moto[server]==5.2.5"
+# Cluster schedulers' clients for TorchX (kubernetes, ray).
+CLUSTER_DEPS := kubernetes==36.0.3 "ray[default]==2.60.0"
 PIP := $(BIN)/pip install --disable-pip-version-check --no-input -q
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -23,7 +27,7 @@ install: $(STAMP)
 $(STAMP): Makefile pyproject.toml
 	@echo "crossrank: installing the CPU stack into $(VENV) (log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@( $(PIP) $(TORCH) && $(PIP) --no-deps $(TORCHREC) && $(PIP) $(DEPS) && \
+	@( $(PIP) $(TORCH) && $(PIP) --no-deps $(TORCHREC) && $(PIP) $(DEPS) $(STORAGE_DEPS) $(CLUSTER_DEPS) && \
 	   $(PIP) --no-deps --no-build-isolation -e . ) > $(VENV)/install.log 2>&1 \
 	   || { tail -n 30 $(VENV)/install.log; exit 1; }
 	@$(BIN)/python -c "import torch, fbgemm_gpu, torchrec, torchx; assert torch.__version__.startswith('2.13.0'), torch.__version__" \

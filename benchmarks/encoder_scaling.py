@@ -2,6 +2,7 @@
 
     python benchmarks/encoder_scaling.py            # L in {1024, 4096, 16384}, 5 timed steps per case (long)
     python benchmarks/encoder_scaling.py --quick    # L in {1024, 4096}, 3 timed steps, no memory-bank table
+    python benchmarks/encoder_scaling.py --tables jagged --threads 1 --rounds 3   # skewed vs uniform only
 
 Rows, per history length L and mode (``inference``: forward under ``no_grad``; ``train``: forward + backward):
 
@@ -22,9 +23,11 @@ it: one warm-up step; then one memory step: free heap memory is returned to the 
 kernel's high-water mark is reset (``5`` written to ``/proc/self/clear_refs``) and the step's peak memory is
 the growth of ``VmHWM`` (``/proc/self/status``) over the resident set just before it, i.e. what the step
 itself allocates (activations, gradients, workspaces; inputs and weights excluded); then ``--repeats`` N
-timed steps, reported as their median (N is printed, the same for every row). ``--rounds R`` runs every
-case in R processes, interleaved with the other cases, and reports the median over them (for shared, noisy
-machines); ``--threads`` sets torch's intra-op threads of every case (default: torch's default).
+timed steps, reported as their median (N is printed, the same for every row); the jagged table also gives
+the ratio of the steps' CPU time (``time.process_time``), which load from other jobs inflates far less.
+``--rounds R`` runs every case in R processes, interleaved with the other cases, and reports the median
+over them (for shared, noisy machines); ``--threads`` sets torch's intra-op threads of every case (default:
+torch's default); ``--tables`` picks the tables to measure.
 
 The jagged table compares one batch with skewed lengths (median ~50, one user at 4096) with a batch of
 uniform lengths and the same total events; the memory-bank table (full run only) varies ELASTIC's memory rows.
@@ -48,7 +51,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from crossrank.models.attention import block_softmax_pool
 from crossrank.models.baselines import SelfAttentionEncoder
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder
 from crossrank.models.sequence import build_sequence_encoder
@@ -65,6 +67,7 @@ ELASTIC, FLOOR, SDPA, DIN, MEAN, WRITTEN_OUT = (
     "self_attention_written_out",
 )
 ENCODERS = (ELASTIC, FLOOR, SDPA, DIN, MEAN, WRITTEN_OUT)
+TABLES = ("scaling", "jagged", "memory")
 LABELS = {
     ELASTIC: "ELASTIC",
     FLOOR: "dense padded ELASTIC (floor)",
@@ -96,8 +99,10 @@ class WrittenOutSelfAttention(SelfAttentionEncoder):
 
 class DensePaddedElastic(nn.Module):
     """ELASTIC's arithmetic (one dispatcher layer, slot mixing, the memory read) on a batch that is already
-    dense and padded: recency, LayerNorm, the folded key/value GEMM, masked softmax over positions and one
-    ``bmm`` per head. Shares the weights of ``encoder``; the compute floor of the jagged encoder.
+    dense and padded: recency, LayerNorm, the folded query-key GEMM, masked softmax over positions, the
+    pooling ``bmm`` and the per-slot value projection (``LinearDispatcher.pool_events`` and
+    ``slots_from_pooled`` on one [B, L, D] block). Shares the weights of ``encoder``; the compute floor of
+    the jagged encoder.
 
     Shapes:
         padded [B, L, D], lengths [B], mask [B, L] bool (True at events) -> [B, K, D].
@@ -116,8 +121,7 @@ class DensePaddedElastic(nn.Module):
         disp = self.encoder.dispatcher
         back = (lengths.unsqueeze(1) - 1 - torch.arange(padded.shape[1])).clamp(min=0)
         recency = torch.frexp(back.double()).exponent.long().clamp(max=disp.num_buckets - 1)
-        logits, values = disp.logits_and_values(0, padded + disp.recency(recency))
-        slots = disp.out[0](block_softmax_pool(logits, values, disp.heads, mask))
+        slots = disp.slots_from_pooled(0, disp.pool_events(0, padded + disp.recency(recency), mask))
         slots = torch.where((lengths == 0).reshape(-1, 1, 1), disp.empty.unsqueeze(0), slots)
         return self.encoder.read_memory(disp.mixers[0](slots))
 
@@ -180,12 +184,18 @@ def worker(encoder: str, lengths: list[int], mode: str, repeats: int, memory_siz
     step = build_step(encoder, lengths, mode, memory_size)
     step()
     peak = step_peak_mb(step)
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
-    return {"ms": 1000 * statistics.median(times), "n": float(repeats), "peak_mb": peak}
+        cpu.append(time.process_time() - c0)
+    return {
+        "ms": 1000 * statistics.median(times),
+        "cpu_ms": 1000 * statistics.median(cpu),
+        "n": float(repeats),
+        "peak_mb": peak,
+    }
 
 
 Case = tuple[str, tuple[int, ...], str, int]  # encoder, lengths, mode, memory rows
@@ -319,14 +329,17 @@ def jagged_case(
         f"\n### Jagged efficiency: skewed lengths (median {sorted(skewed)[B // 2]}, max {max(skewed)}) vs "
         f"uniform ({uniform[0]}), same {sum(skewed):,} events, B={B}\n"
     )
-    print("| encoder | mode | skewed ms | uniform ms | skewed / uniform |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| encoder | mode | skewed ms | uniform ms | skewed / uniform | skewed / uniform (CPU time) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     out: dict[tuple[str, str], tuple[Result, Result]] = {}
     for enc in encoders:
         for mode in modes:
             s, u = res[(enc, tuple(skewed), mode, memory_size)], res[(enc, tuple(uniform), mode, memory_size)]
             out[(enc, mode)] = (s, u)
-            print(f"| {LABELS[enc]} | {mode} | {cell(s, 'ms')} | {cell(u, 'ms')} | {ratio(s, u, 'ms')} |")
+            print(
+                f"| {LABELS[enc]} | {mode} | {cell(s, 'ms')} | {cell(u, 'ms')} | {ratio(s, u, 'ms')} | "
+                f"{ratio(s, u, 'cpu_ms')} |"
+            )
     return out
 
 
@@ -347,21 +360,24 @@ def print_targets(
     lengths: tuple[int, ...],
     jagged: dict[tuple[str, str], tuple[Result, Result]],
 ) -> None:
-    """Issue 12's targets, read off the tables above."""
+    """Issue 12's targets, read off the tables above (those that were measured)."""
     print("\n### Targets\n")
-    for mode in ("inference", "train"):
+    for mode in ("inference", "train") if results else ():
         r = ratio(results.get((SDPA, 4096, mode)), results.get((ELASTIC, 4096, mode)), "ms")
         print(f"- L=4096 {mode}: ELASTIC is {r} faster than SDPA self-attention (target >= 10x)")
-    for mode in ("inference", "train"):
+    for mode in ("inference", "train") if results else ():
         mem = [
             ratio(results.get((ELASTIC, n, mode)), results.get((SDPA, n, mode)), "peak_mb") for n in lengths
         ]
         floor = [ratio(results.get((ELASTIC, n, mode)), results.get((FLOOR, n, mode)), "ms") for n in lengths]
         print(f"- {mode}: ELASTIC / SDPA peak memory at L={list(lengths)}: {mem} (target <= 1x)")
         print(f"- {mode}: ELASTIC / dense floor time at L={list(lengths)}: {floor} (target <= 1.5x)")
-    for mode in ("inference", "train"):
+    for mode in ("inference", "train") if jagged else ():
         s, u = jagged.get((ELASTIC, mode), ("-", "-"))
-        print(f"- {mode}: ELASTIC skewed / uniform batch: {ratio(s, u, 'ms')} (target <= 1.5x)")
+        print(
+            f"- {mode}: ELASTIC skewed / uniform batch: {ratio(s, u, 'ms')} wall, {ratio(s, u, 'cpu_ms')} "
+            "CPU time (target <= 1.5x)"
+        )
 
 
 def header(args: argparse.Namespace) -> None:
@@ -402,6 +418,12 @@ def main() -> None:
         "--rounds", type=int, default=1, help="processes per case, interleaved; median of them"
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        choices=TABLES,
+        help="tables to measure (default: all; --quick: scaling and jagged)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -417,11 +439,13 @@ def main() -> None:
     def run(cases: list[Case]) -> dict[Case, Result]:
         return run_cases(cases, args.repeats, args.threads, args.rounds)
 
-    results = scaling_results(lengths, budget, args.memory_size, run)
-    print_scaling(results, lengths, args.repeats, args.rounds)
+    tables = set(args.tables or (("scaling", "jagged") if args.quick else TABLES))
+    results = scaling_results(lengths, budget, args.memory_size, run) if "scaling" in tables else {}
+    if results:
+        print_scaling(results, lengths, args.repeats, args.rounds)
     jagged_encoders = (ELASTIC, DIN, MEAN) if args.quick else (ELASTIC, DIN, MEAN, SDPA)
-    jagged = jagged_case(args.memory_size, jagged_encoders, run)
-    if not args.quick:
+    jagged = jagged_case(args.memory_size, jagged_encoders, run) if "jagged" in tables else {}
+    if "memory" in tables:
         memory_bank_case(run)
     print_targets(results, lengths, jagged)
 

@@ -3,7 +3,8 @@
 :class:`~crossrank.features.errors.InputError` naming the folder, raised after the temporary file is removed.
 
 The feature tools (``features check --fit``: spec edits, vocabularies) and every pipeline stage
-(``crossrank.pipeline.core.atomic``) share these.
+(``crossrank.pipeline.core.atomic``) share these. A remote path (``s3://...``) is written in one upload,
+which an object store makes visible only once complete (:mod:`crossrank.features.storage`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from crossrank.features.errors import InputError
+from crossrank.features.storage import ObjectPath, as_path, is_remote, write_bytes_atomic
 
 
 def temp_path(path: Path) -> Path:
@@ -59,7 +61,11 @@ def write_text_atomic(text: str, path: Path) -> None:
         text: the file content.
         path: the final file name; its folder is created if needed.
     """
-    path = Path(path)
+    path = as_path(path)
+    if is_remote(path):  # one upload: atomic on an object store (see crossrank.features.storage)
+        assert isinstance(path, ObjectPath)
+        write_bytes_atomic(text.encode("utf-8"), path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:

@@ -14,7 +14,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crossrank.features.errors import InputError
-from crossrank.features.files import DataPaths, as_path_list, iter_row_groups, list_parquet_files
+from crossrank.features.files import (
+    DataPaths,
+    as_path_list,
+    iter_row_groups,
+    list_parquet_files,
+    open_parquet,
+)
 from crossrank.features.hashing import hash_ids
 from crossrank.features.idmap import check_oov_fraction, map_ids
 from crossrank.features.spec import FeatureDef, FeatureSpec, Problem, TableSpec
@@ -203,7 +209,7 @@ def check_data(spec: FeatureSpec, data: DataPaths, *, with_label: bool = True) -
         return report
     for file in files:
         try:
-            meta = pq.ParquetFile(file)
+            meta = open_parquet(file)
         except (pa.ArrowInvalid, OSError) as e:
             report.problems.append(
                 Problem(str(file), "<data>", f"not a readable Parquet file ({e}).", "re-create the file.")

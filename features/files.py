@@ -1,5 +1,6 @@
 """Finding a split's Parquet files: a file, a folder (searched recursively), a glob pattern, or a list of
-them, e.g. ``[events/date=2026-11-19, events/date=2026-11-20]`` or ``events/*/part-*.parquet``."""
+them, e.g. ``[events/date=2026-11-19, events/date=2026-11-20]`` or ``events/*/part-*.parquet``; each may be a
+local path or a URI (``s3://bucket/events/date=2026-11-20``: :mod:`crossrank.features.storage`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crossrank.features.errors import InputError
+from crossrank.features.storage import as_path, is_uri
 
 # What a data path field holds: one location or several.
 DataPaths = str | Path | Sequence[str | Path]
@@ -24,8 +26,12 @@ def as_path_list(paths: DataPaths) -> list[str]:
 
 def _files_of(location: str) -> list[Path]:
     """The Parquet files of one file, folder or glob pattern (sorted), or an InputError naming it."""
+    location = location.removeprefix("file://")  # a local path spelled as a URI
     if _GLOB_CHARS & set(location):
-        matches = sorted(Path(m) for m in glob.glob(location, recursive=True))
+        if is_uri(location):
+            matches = _remote_glob(location)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(location, recursive=True))
         if not matches:
             raise InputError(
                 "the pattern matches no file or folder.",
@@ -33,7 +39,7 @@ def _files_of(location: str) -> list[Path]:
                 fix="check the pattern and the date it was filled with (data.date).",
             )
         return [f for m in matches for f in _files_of(str(m))]
-    p = Path(location)
+    p = as_path(location)
     if not p.exists():
         raise InputError(
             "no such file or folder.", where=str(p), fix="check the data path (prepare the data first)."
@@ -44,6 +50,18 @@ def _files_of(location: str) -> list[Path]:
             "the folder holds no *.parquet file.", where=str(p), fix="point at prepared Parquet data."
         )
     return files
+
+
+def _remote_glob(location: str) -> list[Path]:
+    """The files and folders a remote glob pattern (``s3://bucket/events/*/part-*.parquet``) matches."""
+    scheme, rest = location.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    return list(as_path(f"{scheme}://{bucket}").glob(key)) if key else []
+
+
+def open_parquet(file: Path) -> pq.ParquetFile:
+    """A ParquetFile of a local or remote (:class:`~crossrank.features.storage.ObjectPath`) file."""
+    return pq.ParquetFile(file.open("rb") if is_uri(file) else file)
 
 
 def list_parquet_files(paths: DataPaths) -> list[Path]:
@@ -71,7 +89,7 @@ def iter_row_groups(
         spec_path: the feature spec, named in the error.
     """
     for file in list_parquet_files(paths):
-        meta = pq.ParquetFile(file)
+        meta = open_parquet(file)
         missing = [c for c in columns if c not in meta.schema_arrow.names]
         if missing:
             raise InputError(

@@ -57,7 +57,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from crossrank.features.atomic_files import write_text_atomic
 from crossrank.features.errors import InputError
+from crossrank.features.storage import as_path, cache_dir, cache_key, is_uri
 from crossrank.features.vocab import (
     Vocab,
     copy_with_vocabs,
@@ -785,8 +787,9 @@ def _check_table_use(add: _Add, use: _TableUse) -> None:
 
 def load_spec(path: str | Path, *, fitting: bool = False) -> FeatureSpec:
     """Read and validate a feature spec; raises :class:`SpecError` listing every problem at once.
-    ``fitting``: see :func:`parse_spec` (``features check --fit`` loads the spec it completes this way)."""
-    path = Path(path)
+    ``fitting``: see :func:`parse_spec` (``features check --fit`` loads the spec it completes this way).
+    A spec at a URI (``s3://...``) is read through a local cache with its vocabulary files."""
+    path = fetch_spec(as_path(path)) if is_uri(path) else Path(path)
     if not path.is_file():
         raise InputError(
             "feature spec not found.", where=str(path), fix="pass the path of a YAML feature spec."
@@ -799,6 +802,30 @@ def load_spec(path: str | Path, *, fitting: bool = False) -> FeatureSpec:
     if problems or spec is None:
         raise SpecError(problems)
     return spec
+
+
+def fetch_spec(path: Path) -> Path:
+    """A local copy of the remote spec at ``path`` and of its vocabulary files (their paths relative to the
+    spec, as :func:`copy_spec` keeps them), in ``$CROSSRANK_CACHE/specs/<hash of the URI>/``, refreshed on
+    every call (a cache, not a source: a re-saved checkpoint's spec is read again)."""
+    if not path.is_file():
+        raise InputError(
+            "feature spec not found.", where=str(path), fix="pass the URI of a YAML feature spec."
+        )
+    text = path.read_text()
+    folder = cache_dir("specs", cache_key(path))
+    try:
+        raw = yaml.safe_load(text)
+        features = raw.get("features") if isinstance(raw, dict) else None
+    except yaml.YAMLError:
+        features = None  # load_spec reports it, naming the copy
+    for f in features if isinstance(features, list) else []:
+        mapping = f.get("mapping") if isinstance(f, dict) else None
+        vocab = mapping.get("file") if isinstance(mapping, dict) else None
+        if isinstance(vocab, str) and vocab and (path.parent / vocab).is_file():
+            write_text_atomic((path.parent / vocab).read_text(encoding="utf-8"), folder / vocab)
+    write_text_atomic(text, folder / path.name)
+    return folder / path.name
 
 
 def copy_spec(path: str | Path, folder: Path, name: str = "spec.yaml") -> Path:

@@ -11,7 +11,7 @@ elsewhere fbgemm's jagged kernels run on the jagged rows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -25,15 +25,15 @@ from crossrank.models.attention import (
     SegmentBuckets,
     SlotMixer,
     bucket_blocks,
-    bucketed_softmax_pool,
     complete_offsets,
     head_segment_offsets,
     headwise_jagged_pool,
     jagged_softmax,
+    padding_bias,
     recency_buckets,
     segment_blocks,
     segment_buckets,
-    unbucket_rows,
+    unbucket_segments,
 )
 
 
@@ -64,15 +64,19 @@ class ElasticConfig:
 
 @dataclass
 class JaggedEvents:
-    """One domain's events between dispatcher layers: [sum L, D] events, [B + 1] offsets, the longest
-    history, the [B, 1, 1] mask of users without events, and the dense blocks of the CPU kernels
-    (``None``: fbgemm's jagged kernels)."""
+    """One domain's events between dispatcher layers, in the layout of the device's kernels.
 
-    events: torch.Tensor
+    fbgemm kernels (``buckets`` is ``None``): ``events`` [sum L, D] jagged rows. Dense-block kernels:
+    ``blocks``, one [n_b, L_b, D] block per bucket of ``buckets`` (right-aligned, padding first; see
+    :class:`~crossrank.models.attention.SegmentBuckets`), and ``events`` is ``None``. Both: [B + 1]
+    ``offsets``, the longest history ``max_len`` and the [B, 1, 1] mask of users without events."""
+
+    events: torch.Tensor | None
     offsets: torch.Tensor
     max_len: int
     empty: torch.Tensor
     buckets: SegmentBuckets | None = None
+    blocks: list[torch.Tensor] = field(default_factory=list)
 
 
 class LinearDispatcher(nn.Module):
@@ -83,12 +87,15 @@ class LinearDispatcher(nn.Module):
     the last dispatches the slots back to the events (e'_t = e_t + sum_k softmax_k(<W_Q' e_t, W_K' I_k>)
     W_V' I_k) so the next layer compresses refined events. Users with no events get learned interests.
 
-    Kernels (``jagged_kernels``): on CPU (``"auto"``) the queries are folded into the key projection (one
-    GEMM gives the [sum L, H * K] logits and the values) and the softmax over positions and the pooling run
-    as dense ``softmax`` / ``bmm`` on blocks of similar-length segments (:class:`SegmentBuckets`: views for
-    uniform lengths, small padding for skewed ones), several times faster than fbgemm's CPU jagged
-    kernels. On other devices (``"auto"``) and with ``"fbgemm"``, fbgemm's ``jagged_softmax`` /
-    ``jagged_jagged_bmm`` / ``jagged_dense_bmm`` run on the jagged rows. Both compute the same function.
+    Kernels (``jagged_kernels``): on CPU (``"auto"``) the events are gathered once into right-aligned
+    blocks of similar-length segments (:class:`SegmentBuckets`: a view for uniform lengths, small padding
+    for skewed ones), where the recency embedding is one [L_b, D] row set broadcast over the block; the
+    queries are folded into the key projection (one [D, K * H] GEMM per event gives the logits); the
+    softmax over positions is a dense ``softmax``; one ``bmm`` per block pools the normalised events, and
+    the value projection and ``W_O`` run once per slot on the pooled events (:meth:`pool_events`,
+    :meth:`slots_from_pooled`). On other devices (``"auto"``) and with ``"fbgemm"``, fbgemm's
+    ``jagged_softmax`` / ``jagged_jagged_bmm`` / ``jagged_dense_bmm`` run on the jagged rows. Both compute
+    the same function (``tests/test_elastic.py`` holds them equal, outputs and gradients, to 1e-5).
 
     Args:
         dim: D. config: :class:`ElasticConfig`.
@@ -135,27 +142,56 @@ class LinearDispatcher(nn.Module):
             raise ValueError(f"jagged_kernels must be auto, dense or fbgemm, got {self.jagged_kernels!r}")
         return self.jagged_kernels == "dense" or (self.jagged_kernels == "auto" and device.type == "cpu")
 
-    def logits_and_values(self, layer: int, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dispatch logits [sum L, H * K] (head-major columns: h * K + k) and values [sum L, D] of the events.
+    def dispatch_logits(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Dispatch logits [..., K * H] (slot-major columns: k * H + h) of normalised events x [..., D].
 
-        The slot queries (and 1 / sqrt(d)) are folded into the key projection: <W_K,h e + b_K,h, q_kh> /
-        sqrt(d) = (q_kh^T W_K,h / sqrt(d)) e + q_kh . b_K,h / sqrt(d), one GEMM instead of keys then logits.
+        The slot queries (and 1 / sqrt(d)) are folded into the key projection: <W_K,h x + b_K,h, q_kh> /
+        sqrt(d) = (q_kh^T W_K,h / sqrt(d)) x + q_kh . b_K,h / sqrt(d), one [D, K * H] GEMM per event.
         """
         kv = cast(nn.Linear, self.kv[layer])  # nn.ModuleList items are typed as plain Modules
-        w_k, w_v = kv.weight.chunk(2)
-        b_k, b_v = kv.bias.chunk(2)
+        w_k, b_k = kv.weight[: self.dim], kv.bias[: self.dim]
         q = self.queries[layer].reshape(self.slots, self.heads, self.head_dim) / math.sqrt(self.head_dim)
-        w_l = torch.einsum("khj,hjc->hkc", q, w_k.reshape(self.heads, self.head_dim, self.dim))
-        b_l = torch.einsum("khj,hj->hk", q, b_k.reshape(self.heads, self.head_dim))
+        w_l = torch.einsum("khj,hjc->khc", q, w_k.reshape(self.heads, self.head_dim, self.dim))
+        b_l = torch.einsum("khj,hj->kh", q, b_k.reshape(self.heads, self.head_dim))
+        return F.linear(x, w_l.reshape(-1, self.dim), b_l.reshape(-1))
+
+    def pool_events(self, layer: int, events: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """A dense block of events [n, L, D] -> the dispatch-weighted sums of its normalised events,
+        [n, K, H * D] (block h of slot k: head h's softmax over positions for slot k).
+
+        The value projection is linear and each softmax sums to 1, so sum_t a_t (W_V x_t + b_V) = W_V
+        (sum_t a_t x_t) + b_V: the events are pooled first and projected per slot afterwards
+        (:meth:`slots_from_pooled`), which removes the per-event value GEMM.
+
+        Args:
+            mask: [n, L] bool, False at padding, or ``None`` (no padding).
+        """
         x = self.norms[layer](events)
-        return F.linear(x, w_l.reshape(-1, self.dim), b_l.reshape(-1)), F.linear(x, w_v, b_v)
+        logits = self.dispatch_logits(layer, x)
+        if mask is not None:
+            logits = logits + padding_bias(mask, logits.dtype)
+        # x^T a, not a^T x: both backward products then come out contiguous, as the softmax backward needs.
+        pooled = torch.bmm(x.transpose(1, 2), torch.softmax(logits, dim=1))  # [n, D, K * H]
+        n = x.shape[0]
+        pooled = pooled.view(n, self.dim, self.slots, self.heads).permute(0, 2, 3, 1)
+        return pooled.reshape(n, self.slots, self.heads * self.dim)
+
+    def slots_from_pooled(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled events [B, K, H * D] -> slots [B, K, D]: each head's value projection then ``W_O``, folded
+        into one [H * D, D] map: W_O blockdiag(W_V,1 .. W_V,H) (and bias W_O b_V + b_O)."""
+        kv, out = cast(nn.Linear, self.kv[layer]), cast(nn.Linear, self.out[layer])
+        w_v = kv.weight[self.dim :].reshape(self.heads, self.head_dim, self.dim)
+        weight = out.weight @ torch.block_diag(*w_v.unbind(0))  # [D, H * D]
+        return F.linear(pooled, weight, out.weight @ kv.bias[self.dim :] + out.bias)
 
     def dispatch(self, layer: int, state: JaggedEvents) -> torch.Tensor:
-        """One layer's events [sum L, D] -> slots [B, K, D] (before mixing), with the device's kernels."""
+        """One layer's events -> slots [B, K, D] (before mixing), with the device's kernels."""
         if state.buckets is None:
+            assert state.events is not None
             return self.dispatch_fbgemm(layer, state.events, state.offsets, state.max_len)
-        logits, values = self.logits_and_values(layer, state.events)
-        return self.out[layer](bucketed_softmax_pool(logits, values, self.heads, state.buckets))
+        blocks = zip(state.blocks, state.buckets.masks, strict=True)
+        pooled = [self.pool_events(layer, events, mask) for events, mask in blocks]
+        return self.slots_from_pooled(layer, unbucket_segments(pooled, state.buckets))
 
     def dispatch_fbgemm(
         self, layer: int, events: torch.Tensor, offsets: torch.Tensor, max_len: int
@@ -182,24 +218,24 @@ class LinearDispatcher(nn.Module):
         values = torch.einsum("bkhj,hg->bhkgj", values.reshape(b, k, h, d), eye)
         return keys.reshape(b, self.dim, h * k), values.reshape(b, h * k, self.dim)
 
-    def dispatch_back_dense(self, layer: int, state: JaggedEvents, slots: torch.Tensor) -> torch.Tensor:
-        """:meth:`dispatch_back` on dense blocks (:class:`SegmentBuckets`): events [sum L, D] -> [sum L, D]."""
+    def dispatch_back_dense(self, layer: int, state: JaggedEvents, slots: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`dispatch_back` on the dense blocks: each block [n_b, L_b, D] -> its refined events. Padding
+        positions get updates too (finite, never read: the next layer masks them)."""
         assert state.buckets is not None
-        q = self.back_q[layer](state.events)
         keys, values = self.head_diagonal_slots(layer, slots)
-        if not state.buckets.shapes:  # no events; keep the parameters in the graph for DDP
-            return state.events + (q.sum() + keys.sum() + values.sum()) * 0
         blocks = zip(
-            bucket_blocks(q, state.buckets),
+            state.blocks,
             segment_blocks(keys, state.buckets),
             segment_blocks(values, state.buckets),
             strict=True,
         )
-        upd = []
-        for qb, kb, vb in blocks:
-            att = torch.bmm(qb, kb).unflatten(-1, (self.heads, self.slots)).softmax(dim=-1)
-            upd.append(torch.bmm(att.flatten(-2), vb))
-        return state.events + unbucket_rows(upd, state.buckets)
+        out = []
+        for events, kb, vb in blocks:
+            att = (
+                torch.bmm(self.back_q[layer](events), kb).unflatten(-1, (self.heads, self.slots)).softmax(-1)
+            )
+            out.append(events + torch.bmm(att.flatten(-2), vb))
+        return out
 
     def dispatch_back(
         self, layer: int, events: torch.Tensor, slots: torch.Tensor, offsets: torch.Tensor, max_len: int
@@ -231,14 +267,21 @@ class LinearDispatcher(nn.Module):
 
     def begin(self, values: torch.Tensor, lengths: torch.Tensor) -> JaggedEvents:
         """Events with their recency embedding, and the segment bookkeeping every layer reuses."""
-        dense = self.uses_dense_blocks(values.device)
-        return JaggedEvents(
-            events=values + self.recency(recency_buckets(lengths, self.num_buckets)),
-            offsets=complete_offsets(lengths),
-            max_len=int(lengths.max()) if lengths.numel() else 0,
-            empty=(lengths == 0).reshape(-1, 1, 1),
-            buckets=segment_buckets(lengths) if dense else None,
-        )
+        offsets = complete_offsets(lengths)
+        max_len = int(lengths.max()) if lengths.numel() else 0
+        empty = (lengths == 0).reshape(-1, 1, 1)
+        if not self.uses_dense_blocks(values.device):
+            events = values + self.recency(recency_buckets(lengths, self.num_buckets))
+            return JaggedEvents(events, offsets, max_len, empty)
+        buckets = segment_buckets(lengths)
+        blocks = [b + self.block_recency(b.shape[1], b.device) for b in bucket_blocks(values, buckets)]
+        return JaggedEvents(None, offsets, max_len, empty, buckets, blocks)
+
+    def block_recency(self, width: int, device: torch.device) -> torch.Tensor:
+        """Recency embeddings [L_b, D] of the positions of a right-aligned block of width L_b (position p is
+        L_b - 1 - p events back for every segment of the block): one lookup broadcast over the block."""
+        back = torch.arange(width - 1, -1, -1, device=device)
+        return self.recency(torch.frexp(back.double()).exponent.long().clamp(max=self.num_buckets - 1))
 
     def compress(self, layer: int, state: JaggedEvents) -> torch.Tensor:
         """Layer ``layer``: events -> mixed slots [B, K, D] (learned interests for users with no events)."""
@@ -247,11 +290,12 @@ class LinearDispatcher(nn.Module):
 
     def refine(self, layer: int, state: JaggedEvents, slots: torch.Tensor) -> JaggedEvents:
         """Dispatch the slots back to the events for the next layer."""
-        if state.buckets is None:
-            events = self.dispatch_back(layer, state.events, slots, state.offsets, state.max_len)
-        else:
-            events = self.dispatch_back_dense(layer, state, slots)
-        return JaggedEvents(events, state.offsets, state.max_len, state.empty, state.buckets)
+        if state.buckets is not None:
+            blocks = self.dispatch_back_dense(layer, state, slots)
+            return JaggedEvents(None, state.offsets, state.max_len, state.empty, state.buckets, blocks)
+        assert state.events is not None
+        events = self.dispatch_back(layer, state.events, slots, state.offsets, state.max_len)
+        return JaggedEvents(events, state.offsets, state.max_len, state.empty)
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         state = self.begin(values, lengths)
@@ -311,12 +355,23 @@ class ProductKeyMemory(nn.Module):
         q = self.query(self.norm(interests)).reshape(-1, 2, self.sub_keys.shape[-1])
         s1 = q[:, 0] @ self.sub_keys[0].t()  # [B*K, n]
         s2 = q[:, 1] @ self.sub_keys[1].t()
-        v1, i1 = s1.topk(m, dim=-1)
+        v1, i1 = s1.topk(m, dim=-1)  # sorted, best first
         v2, i2 = s2.topk(m, dim=-1)
-        pair = (v1.unsqueeze(2) + v2.unsqueeze(1)).reshape(-1, m * m)
+        # Pair (a, b) of ranks is beaten by the (a+1)(b+1) - 1 pairs of better ranks on both sides, so only
+        # pairs with (a+1)(b+1) <= m can be among the top m: 20 candidates instead of 64 for m = 8.
+        a, b = self.candidate_pairs(m, s1.device)
+        pair = v1.index_select(1, a) + v2.index_select(1, b)
         scores, best = pair.topk(m, dim=-1)
-        ids = i1.gather(1, torch.div(best, m, rounding_mode="floor")) * n + i2.gather(1, best % m)
+        ids = i1.gather(1, a[best]) * n + i2.gather(1, b[best])
         return ids, scores
+
+    @staticmethod
+    def candidate_pairs(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank pairs (a, b), 0-based, with (a + 1)(b + 1) <= m: the only ones that can reach the top m."""
+        pairs = [(a, b) for a in range(m) for b in range(m // (a + 1))]
+        return torch.tensor([p[0] for p in pairs], device=device), torch.tensor(
+            [p[1] for p in pairs], device=device
+        )
 
     def forward(self, interests: torch.Tensor) -> torch.Tensor:
         ids, scores = self.retrieve(interests)
@@ -326,7 +381,7 @@ class ProductKeyMemory(nn.Module):
             lengths=torch.full_like(ids[:, 0], self.topk, dtype=torch.int32),
         )
         rows = self.values(kjt)[self.key].values().reshape(-1, self.topk, self.dim)
-        read = (torch.softmax(scores, dim=-1).unsqueeze(-1) * rows).sum(1)
+        read = (torch.softmax(scores, dim=-1).unsqueeze(-1) * rows).sum(1)  # not bmm: slow at [m, 1] on CPU
         return interests + read.reshape(interests.shape)
 
 

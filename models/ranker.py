@@ -13,10 +13,15 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from crossrank.features.spec import FeatureSpec
-from crossrank.models.attention import TargetAttention, segment_ids
-from crossrank.models.elastic import ElasticConfig
+from crossrank.models.attention import TargetAttention, complete_offsets, segment_ids
+from crossrank.models.baselines import MeanSequenceEncoder, SelfAttentionEncoder
+from crossrank.models.elastic import ElasticConfig, ElasticEncoder
 from crossrank.models.fusion import CrossDomainFusion, FusionConfig, StackedElasticFusion
 from crossrank.models.sequence import SequenceEncoders, build_sequence_encoder
+
+# Encoders whose interests ignore the candidate (tests/test_grouped_scoring.py checks each one): rows that
+# share a history share its interests. DIN's target attention is not one of them.
+TARGET_FREE_ENCODERS = (ElasticEncoder, SelfAttentionEncoder, MeanSequenceEncoder)
 
 
 @dataclass
@@ -117,6 +122,67 @@ class CrossDomainRanker(nn.Module):
             [B] logits and [B, N] orthogonality |cos(X, X')| per fusion direction ([B, 0] without
             cross-attention).
         """
+        pooled_emb, candidate, values, lengths = self._lookup(pooled, sequences)
+        fused, ortho = self._interests(values, lengths, candidate)
+        return self._head(dense, pooled_emb, candidate, fused), ortho
+
+    @property
+    def target_free(self) -> bool:
+        """Whether the interests and their fusion ignore the candidate (every encoder but DIN), so that rows
+        sharing a history can share their encoding exactly (:meth:`forward_grouped`)."""
+        return self.stacked is not None or all(
+            isinstance(enc, TARGET_FREE_ENCODERS) for enc in self.sequence_encoders.values()
+        )
+
+    def forward_grouped(
+        self,
+        dense: torch.Tensor,
+        pooled: KeyedJaggedTensor,
+        sequences: KeyedJaggedTensor,
+        history_group: torch.Tensor,
+        num_histories: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for rows that share histories, each distinct history looked up and encoded once
+        (inference: scoring and evaluation; training keeps :meth:`forward`).
+
+        With a target-free model (:attr:`target_free`) the interests and the fusion run once per distinct
+        history and are copied to its rows; the readouts, the interaction and the over arch run per row.
+        DIN's encoder needs the candidate: there only the history lookup is shared, and the encoder runs
+        on every row's copy of its history. The logits equal :meth:`forward` on the rows' own histories
+        (to float rounding).
+
+        Args:
+            dense: [B, F_dense].
+            pooled: KJT of the pooled features, stride B.
+            sequences: KJT, stride B: row u < ``num_histories`` of every history key holds distinct history
+                u (the other rows are empty); every row's candidate slot as in :meth:`forward`.
+            history_group: [B] int64, the distinct history of each row (< ``num_histories``).
+            num_histories: U, the number of distinct histories.
+
+        Returns:
+            [B] logits and [B, N] orthogonality, as :meth:`forward`.
+
+        Example::
+
+            logits, ortho = model.forward_grouped(dense, pooled, compact_sequences, torch.tensor([0, 0, 1]), 2)
+        """
+        pooled_emb, candidate, values, lengths = self._lookup(pooled, sequences)
+        lengths = [n[:num_histories] for n in lengths]
+        if self.target_free:  # the encoders never read the candidate: zeros stand in for it
+            shared = candidate.new_zeros(num_histories, candidate.shape[1])
+            fused, ortho = self._interests(values, lengths, shared)
+            fused = [f.index_select(0, history_group) for f in fused]
+            ortho = ortho.index_select(0, history_group)
+        else:
+            rows = [jagged_rows(v, n, history_group) for v, n in zip(values, lengths, strict=True)]
+            fused, ortho = self._interests([r[0] for r in rows], [r[1] for r in rows], candidate)
+        return self._head(dense, pooled_emb, candidate, fused), ortho
+
+    def _lookup(
+        self, pooled: KeyedJaggedTensor, sequences: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The embedding lookups: pooled [B, F, D], candidate [B, D], and each domain's history values
+        [sum L_d, D] and lengths [B]."""
         pooled_emb = self.sparse_arch(pooled)  # [B, F, D]
         jagged = self.embedding_collection(sequences)
         batch, dim = pooled_emb.shape[0], pooled_emb.shape[2]
@@ -125,7 +191,12 @@ class CrossDomainRanker(nn.Module):
             cand = jagged[cand_key]
             candidate = candidate.index_add(0, segment_ids(cand.lengths()), cand.values())
         hists = [jagged[key] for key in self.history_keys]
-        values, lengths = [h.values() for h in hists], [h.lengths() for h in hists]
+        return pooled_emb, candidate, [h.values() for h in hists], [h.lengths() for h in hists]
+
+    def _interests(
+        self, values: list[torch.Tensor], lengths: list[torch.Tensor], candidate: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each domain's fused interests [B, K, D] and the orthogonality [B, N] of the histories."""
         # Outputs of leaf modules are fx proxies under TorchRec's pipeline tracer: index them, never unpack.
         # The encoders are called as one module so that the tracer keeps them a leaf (SequenceEncoders).
         if self.stacked is None:
@@ -133,10 +204,40 @@ class CrossDomainRanker(nn.Module):
         else:  # layer-wise cross-domain fusion, then each domain's memory bank
             interests = self.sequence_encoders.read_memory(self.stacked(values, lengths))
         fusion = self.fusion(interests)
-        fused, ortho = fusion[0], fusion[1]
+        return fusion[0], fusion[1]
+
+    def _head(
+        self,
+        dense: torch.Tensor,
+        pooled_emb: torch.Tensor,
+        candidate: torch.Tensor,
+        fused: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Per row: the readouts of the fused interests, the interaction and the over arch -> [B] logits."""
         per_domain = [self.readouts[d](candidate, fused[i]) for i, d in enumerate(self.domains)]
         sparse = torch.cat([pooled_emb, candidate.unsqueeze(1), torch.stack(per_domain, dim=1)], dim=1)
-        return self.over_arch(self.interaction(self.dense_arch(dense), sparse)).squeeze(-1), ortho
+        return self.over_arch(self.interaction(self.dense_arch(dense), sparse)).squeeze(-1)
+
+
+def jagged_rows(
+    values: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``rows`` of a jagged tensor (repeats allowed): values [sum L, D], lengths [U], rows [B] ->
+    (values [sum L_rows, D], lengths [B]).
+
+    Example::
+
+        jagged_rows(torch.arange(3.0)[:, None], torch.tensor([2, 1]), torch.tensor([1, 0, 1]))  # [[2], [0], [1], [2]]
+    """
+    offsets = complete_offsets(lengths)
+    new_lengths = lengths.index_select(0, rows)
+    new_offsets = complete_offsets(new_lengths)
+    shift = offsets.index_select(0, rows) - new_offsets[:-1]  # source start minus target start, per row
+    total = int(new_offsets[-1])
+    gather = torch.arange(total, device=values.device) + torch.repeat_interleave(
+        shift, new_lengths.long(), output_size=total
+    )
+    return values.index_select(0, gather), new_lengths
 
 
 def embedding_modules(model: nn.Module) -> list[nn.Module]:
@@ -184,8 +285,10 @@ def param_matched_over_arch(spec: FeatureSpec, config: RankerConfig) -> tuple[li
 
 class RankerTrain(nn.Module):
     """Wraps the ranker for ``TrainPipelineSparseDist``: batch in, ``(loss, (loss, logits, labels, weights,
-    domains, ortho))`` out. The loss is the weight-averaged BCE, so padding rows (weight 0) contribute
-    nothing; ``ortho`` [B, N] is |cos(X, X')| per fusion direction (measured, never a loss term).
+    domains, ortho))`` out. The loss is the BCE summed over real rows (padding rows have weight 0) times
+    ``batch.loss_scale``: the batch's mean by default, the step's global mean over all ranks' real rows when
+    the trainer sets the scale (see ``Batch``); ``ortho`` [B, N] is |cos(X, X')| per fusion direction
+    (measured, never a loss term).
 
     Example::
 
@@ -199,7 +302,7 @@ class RankerTrain(nn.Module):
     def forward(self, batch):  # type: ignore[no-untyped-def]  # fx tracing needs an unannotated batch
         logits, ortho = self.model(batch.dense, batch.pooled, batch.sequences)
         per_row = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
-        loss = (per_row * batch.weights).sum() / batch.weights.sum().clamp(min=1.0)
+        loss = (per_row * batch.weights).sum() * batch.loss_scale.sum()
         return loss, (
             loss.detach(),
             logits.detach(),

@@ -63,6 +63,11 @@ def test_config_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "none.yaml")
     with pytest.raises(InputError, match=r"unknown key\(s\) \['epochz'\] in section 'train'"):
         load_config(REPO / "configs/demo.yaml", ["train.epochz=3"])
+    with pytest.raises(InputError, match=r"\['shuffle_units'\] in section 'data' were replaced") as e:
+        load_config(REPO / "configs/demo.yaml", ["data.shuffle_units=4"])
+    assert "data.shuffle_buffer_mb" in str(e.value)
+    with pytest.raises(InputError, match=r"train.dense_weight_decay must be >= 0"):
+        load_config(REPO / "configs/demo.yaml", ["train.dense_weight_decay=-0.1"])
     with pytest.raises(InputError, match=r"model\.sequence_encoder 'lstm' is unknown"):
         load_config(REPO / "configs/demo.yaml", ["model.sequence_encoder=lstm"])
     with pytest.raises(InputError, match=r"train.epochs = 'three' is not a valid int"):

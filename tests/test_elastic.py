@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from crossrank.models import attention
-from crossrank.models.attention import TargetAttention, recency_buckets
+from crossrank.models.attention import SlotMixer, TargetAttention, multihead_attention, recency_buckets
 from crossrank.models.baselines import DinEncoder, SelfAttentionEncoder
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder, LinearDispatcher, ProductKeyMemory
 
@@ -155,7 +155,7 @@ def test_target_attention_dense_and_jagged_agree() -> None:
     torch.testing.assert_close(jagged, ta(cand, keys))
 
 
-@pytest.mark.parametrize(("size", "topk"), [(16, 2), (64, 3), (256, 5)])
+@pytest.mark.parametrize(("size", "topk"), [(16, 2), (64, 3), (256, 5), (4096, 8)])
 def test_product_keys_return_the_true_top_m(size: int, topk: int) -> None:
     torch.manual_seed(size)
     mem = ProductKeyMemory(D, size=size, topk=topk, key_dim=8, name="m")
@@ -285,3 +285,71 @@ def test_uniform_lengths_make_one_view_block_and_skewed_ones_little_padding() ->
     )
     assert padded <= attention.BUCKET_SLACK * events + attention.BUCKET_OVERHEAD_ROWS * len(blocks)
     assert len(blocks) <= 16
+
+
+def test_multihead_attention_equals_torch_multihead_attention() -> None:
+    """The two-matmul attention (SlotMixer, and offered to cross-attention) is nn.MultiheadAttention's
+    function: self- and cross-attention, outputs and gradients."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(D, 4, batch_first=True)
+    x, y = torch.randn(5, 8, D, requires_grad=True), torch.randn(5, 3, D, requires_grad=True)
+    for kv in (None, y):
+        other = x if kv is None else kv
+        expected = mha(x, other, other, need_weights=False)[0]
+        (g_ref,) = torch.autograd.grad(expected.square().sum(), [x])
+        out = multihead_attention(mha, x, kv)
+        (g,) = torch.autograd.grad(out.square().sum(), [x])
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="dropout"):
+        multihead_attention(nn.MultiheadAttention(D, 4, dropout=0.1, batch_first=True), x)
+    mixer = SlotMixer(D, 4)
+    h = mixer.norm1(x)
+    after = x + mixer.attn(h, h, h, need_weights=False)[0]
+    torch.testing.assert_close(mixer(x), after + mixer.ffn(mixer.norm2(after)), atol=1e-6, rtol=1e-5)
+
+
+def test_target_attention_score_is_the_mlp_of_the_concatenation() -> None:
+    """The split first layer computes MLP([c, k, c*k, c-k]), with the candidate broadcast over the keys."""
+    torch.manual_seed(0)
+    ta = TargetAttention(D)
+    cand, keys = torch.randn(4, 1, D), torch.randn(4, 6, D)
+    c = cand.expand_as(keys)
+    expected = ta.mlp(torch.cat([c, keys, c * keys, c - keys], dim=-1)).squeeze(-1)
+    torch.testing.assert_close(ta.score(cand, keys), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ta.score(c, keys), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_blocks_are_right_aligned_and_their_gradient_is_index_selects() -> None:
+    """Each segment ends at its block's last position (recency broadcasts over a block), padding comes
+    first and is masked, and the gather's gradient (read back by positions) is index_select's own."""
+    lengths = torch.tensor([3, 0, 7, 1, 7, 2])
+    values = torch.randn(int(lengths.sum()), D, requires_grad=True)
+    buckets = attention.segment_buckets(lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    seg = buckets.segments.tolist() if buckets.segments is not None else list(range(6))
+    blocks = attention.bucket_blocks(values, buckets)
+    row = 0
+    for block, mask, (n, width) in zip(blocks, buckets.masks, buckets.shapes, strict=True):
+        for i in range(n):
+            s, n_i = seg[row + i], int(lengths[seg[row + i]])
+            torch.testing.assert_close(block[i, width - n_i :], values[starts[s] : starts[s] + n_i])
+            if mask is not None:
+                assert mask[i].tolist() == [False] * (width - n_i) + [True] * n_i
+        row += n
+    weights = torch.randn(sum(n * w for n, w in buckets.shapes), D)
+    masks = [
+        torch.ones(n, w, dtype=torch.bool) if m is None else m
+        for m, (n, w) in zip(buckets.masks, buckets.shapes, strict=True)
+    ]
+    keep = torch.cat([m.reshape(-1) for m in masks]).unsqueeze(-1)
+    flat = torch.cat([b.reshape(-1, D) for b in blocks])
+    (grad,) = torch.autograd.grad((flat * weights * keep).sum(), [values])
+    assert buckets.rows is not None
+    reference = values.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(
+        (reference.index_select(0, buckets.rows) * weights * keep).sum(), [reference]
+    )
+    torch.testing.assert_close(grad, expected)
+    none = attention.segment_buckets(torch.zeros(3, dtype=torch.long))
+    assert none.shapes == [(0, 0)] and attention.bucket_blocks(values, none)[0].shape == (0, 0, D)

@@ -3,7 +3,9 @@ step's allocations."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -49,4 +51,21 @@ def test_step_peak_sees_the_step_allocations(bench: ModuleType) -> None:
 
 def test_worker_reports_median_repeats_and_peak(bench: ModuleType) -> None:
     out = bench.worker("mean", [8, 3], "train", 2, 0)
-    assert out.keys() == {"ms", "n", "peak_mb"} and out["n"] == 2 and out["ms"] > 0
+    assert out.keys() == {"ms", "cpu_ms", "n", "peak_mb"} and out["n"] == 2 and out["ms"] > 0
+
+
+def test_train_cost_rows_take_their_own_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchmarks/encoder_train_cost.py``: a row ``ENC+KEY=VALUE`` is ENC with that override on top of
+    ``--set``, and the other rows keep the config's value."""
+    path = PATH.parent / "encoder_train_cost.py"
+    spec = importlib.util.spec_from_file_location("encoder_train_cost", path)
+    assert spec is not None and spec.loader is not None
+    cost = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "encoder_train_cost", cost)  # its dataclasses look their module up
+    spec.loader.exec_module(cost)
+    args = argparse.Namespace(config=str(PATH.parents[1] / "configs" / "ml1m.yaml"), set=["train.seed=3"])
+    plain = cost.job_config(args, "mean")
+    row = cost.job_config(args, "elastic+model.encoder.memory_size=0+model.encoder.num_slots=4")
+    assert plain.model.sequence_encoder == "mean" and plain.model.encoder.memory_size == 4096
+    assert row.model.sequence_encoder == "elastic" and row.train.seed == 3
+    assert (row.model.encoder.memory_size, row.model.encoder.num_slots) == (0, 4)

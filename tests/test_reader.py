@@ -195,6 +195,28 @@ def test_shuffle_differs_per_epoch_and_repeats_per_seed(small_synthetic: Path) -
     assert order(0, 1) != order(0, 2)
 
 
+def test_shuffle_buffer_mixes_the_whole_share_when_it_fits(small_synthetic: Path) -> None:
+    """A buffer that holds the share: the first batch draws rows from (nearly) every unit; a 0 MB buffer
+    mixes within one unit at a time; a negative size is a clear error."""
+    spec = load_spec(SPEC)
+    train = small_synthetic / "train"
+    units = discover_units(spec, train)
+    unit_of = {}  # row id -> unit index
+    for i, unit in enumerate(units):
+        rows = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=[spec.row_id])
+        unit_of.update({int(r): i for r in rows.column(0).to_pylist()})
+
+    def units_in_first_batch(buffer_mb: float) -> int:
+        reader = ParquetBatchReader(spec, train, 256, shuffle=True, seed=0, shuffle_buffer_mb=buffer_mb)
+        return len({unit_of[int(r)] for r in next(iter(reader.batches())).row_ids})
+
+    assert len(units) >= 4
+    assert units_in_first_batch(1024) >= len(units) - 1
+    assert units_in_first_batch(0) == 1
+    with pytest.raises(InputError, match="shuffle_buffer_mb must be >= 0"):
+        ParquetBatchReader(spec, train, 256, shuffle=True, shuffle_buffer_mb=-1)
+
+
 def test_assign_units_balances_rows() -> None:
     from crossrank.pipeline.reading.reader import Unit
 

@@ -133,6 +133,7 @@ def tiny_batch() -> Batch:
         weights=torch.ones(6),
         domains=domains,
         row_ids=torch.arange(6),
+        loss_scale=torch.tensor([1 / 6]),
     )
 
 

@@ -88,14 +88,20 @@ def test_single_process_without_launcher(small_synthetic: Path, tmp_path: Path) 
     assert 0.0 < result.test["auc"] < 1.0
 
 
-# (model.sequence_encoder, extra overrides): every selectable encoder, and ELASTIC without its memory tables
-# (then no encoder module holds a table, like DIN and self-attention).
+# (model.sequence_encoder, extra overrides): every selectable encoder with every fusion (gca is the default),
+# the parameter-matched baseline, layer-wise (stack) fusion, and ELASTIC without its memory tables (then no
+# encoder module holds a table, like DIN and self-attention).
+FUSION_RUNS = [[f"model.fusion.kind={kind}"] for kind in ("none", "cross_attention", "concat")]
 ENCODER_RUNS: list[tuple[str, list[str]]] = [
-    ("elastic", []),
+    *(
+        (encoder, extra)
+        for encoder in ("elastic", "self_attention", "din", "mean")
+        for extra in [[], *FUSION_RUNS]
+    ),
+    ("mean", ["model.fusion.kind=none", "model.fusion.param_matched=true"]),
+    ("elastic", ["model.fusion.placement=stack"]),
+    ("elastic", ["model.fusion.gate_act=tanh"]),
     ("elastic", ["model.encoder.memory_size=0"]),
-    ("self_attention", []),
-    ("din", []),
-    ("mean", []),
 ]
 FEATURE_TABLES = ["model.embedding_collection", "model.sparse_arch.embedding_bag_collection"]
 
@@ -141,14 +147,14 @@ def train_every_encoder(data: str, run_root: str) -> list[dict[str, Any]]:
 def test_every_sequence_encoder_trains_pipelined_on_two_processes(
     small_synthetic: Path, tmp_path: Path
 ) -> None:
-    """Each encoder passes the pipeline's fx trace, trains with finite loss, and the feature tables stay
-    pipelined; ELASTIC's memory tables read ids computed in the forward, so they cannot be."""
+    """Each encoder x fusion passes the pipeline's fx trace, trains with finite loss, and the feature tables
+    stay pipelined; ELASTIC's memory tables read ids computed in the forward, so they cannot be."""
     out = launch(2, tmp_path, train_every_encoder, str(small_synthetic), str(tmp_path))
     for (encoder, extra), rank0, rank1 in zip(ENCODER_RUNS, out[0], out[1], strict=True):
         name = f"{encoder} {extra}"
         assert rank0["steps"] == rank1["steps"] == 3, name
         assert len(rank0["losses"]) == 3 and all(math.isfinite(v) for v in rank0["losses"] + rank1["losses"])
         assert rank0["pipelined"] == rank1["pipelined"] == FEATURE_TABLES, name
-        with_memory = encoder == "elastic" and not extra
+        with_memory = encoder == "elastic" and "model.encoder.memory_size=0" not in extra
         memories = [f"model.sequence_encoders.{d}.memory.values" for d in "AB"] if with_memory else []
         assert rank0["not_pipelined"] == memories, name

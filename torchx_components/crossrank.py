@@ -1,14 +1,18 @@
-"""TorchX components that launch crossrank jobs, unchanged, on ``local_cwd``, Kubernetes or Slurm.
+"""TorchX components that launch crossrank jobs, unchanged, on ``local_cwd``, Kubernetes, Slurm or Ray.
 
 This file imports only TorchX: TorchX 0.7 loads a component file by path without its package, so it must
 not import crossrank's own modules. The jobs themselves run ``python -m crossrank.pipeline.cli`` inside the image
 (or the current directory for ``local_cwd``).
 
+Resources are per node (per TorchX replica). Unless ``--cpu`` / ``--memMB`` are given they scale with the
+node: ``CPUS_PER_GPU`` CPUs and ``MEM_MB_PER_GPU`` MB per GPU on GPU nodes, ``CPUS_PER_PROCESS`` and
+``MEM_MB_PER_PROCESS`` per process on CPU nodes; ``-h`` (a TorchX named resource) replaces all three.
+
 Examples::
 
     torchx run -s local_cwd torchx_components/crossrank.py:train --config configs/demo.yaml -j 1x2
-    torchx run -s kubernetes -cfg queue=default,namespace=ml \\
-        torchx_components/crossrank.py:train --image registry.example.com/crossrank:0.1 \\
+    torchx run -s kubernetes --workspace "" -cfg queue=default,namespace=ml \\
+        torchx_components/crossrank.py:train --image registry.example.com/crossrank:0.1-cuda \\
         --config configs/ml1m.yaml -j 2x8 --gpu 8 -- train.epochs=4
 """
 
@@ -21,8 +25,15 @@ from typing import Dict, List, Optional, Tuple
 
 from torchx import specs
 from torchx.components import dist
+from torchx.specs.finder import ComponentValidationException
 
 DEFAULT_IMAGE = "crossrank:latest"
+# Per-node defaults (see the module docstring): a GPU process needs CPUs for reading and batching, and host
+# memory for its batches and any tables the planner puts in DDR (`crossrank plan` prints it per rank).
+CPUS_PER_GPU = 8
+MEM_MB_PER_GPU = 60_000
+CPUS_PER_PROCESS = 1
+MEM_MB_PER_PROCESS = 4096
 
 
 def _set_args(overrides: Tuple[str, ...]) -> list[str]:
@@ -51,12 +62,63 @@ def _find_torchrun() -> str:
     )
 
 
-def _ddp(cli_args: List[str], **launch: object) -> specs.AppDef:
+def _node_resources(
+    j: str, cpu: Optional[int], gpu: int, memMB: Optional[int], h: Optional[str]
+) -> specs.Resource:
+    """The resources of one node of a ``-j`` job: ``h`` (a named resource) if given, else ``cpu`` / ``memMB``
+    where given and the per-GPU (``gpu > 0``) or per-process defaults otherwise.
+
+    Raises:
+        ComponentValidationException: a node with GPUs runs more processes than it has GPUs (every process
+            takes ``cuda:LOCAL_RANK``), or ``j`` / ``h`` is malformed.
+
+    Example::
+
+        _node_resources("2x8", None, 8, None, None)  # Resource(cpu=64, gpu=8, memMB=480000)
+    """
+    try:
+        nproc = dist.parse_nnodes(j)[2]
+    except ValueError as e:
+        raise ComponentValidationException(
+            f"crossrank: -j {j!r}: {e}. Fix: -j NNODESxNPROC_PER_NODE, e.g. 2x8."
+        ) from None
+    if h:
+        try:
+            resource = specs.resource(h=h)
+        except KeyError as e:
+            raise ComponentValidationException(
+                f"crossrank: -h {h!r}: {e.args[0]}. Fix: -h one of these."
+            ) from None
+    else:
+        units = gpu if gpu > 0 else nproc
+        per_cpu, per_mem = (
+            (CPUS_PER_GPU, MEM_MB_PER_GPU) if gpu > 0 else (CPUS_PER_PROCESS, MEM_MB_PER_PROCESS)
+        )
+        resource = specs.Resource(cpu=cpu or units * per_cpu, gpu=gpu, memMB=memMB or units * per_mem)
+    if 0 < resource.gpu < nproc:
+        raise ComponentValidationException(
+            f"crossrank: -j {j} runs {nproc} processes per node but each node has {resource.gpu} GPUs (every "
+            f"process takes its own GPU). Fix: -j NNODESx{resource.gpu}, or more GPUs per node (--gpu / -h)."
+        )
+    return resource
+
+
+def _ddp(cli_args: List[str], resource: specs.Resource, **launch: object) -> specs.AppDef:
     """``python -m crossrank.pipeline.cli CLI_ARGS`` on every process of a ``dist.ddp`` job (torchrun inside),
-    finding torchrun when torchx was started without its environment on PATH (see ``_find_torchrun``)."""
-    app = dist.ddp(*cli_args, m="crossrank.pipeline.cli", **launch)
+    its role named after the command, with ``resource`` per node, finding torchrun when torchx was started
+    without its environment on PATH (see ``_find_torchrun``)."""
+    try:
+        app = dist.ddp(*cli_args, m="crossrank.pipeline.cli", **launch)
+    except ValueError as e:  # j and h are checked before: what is left is --mounts
+        raise ComponentValidationException(
+            f"crossrank: --mounts {launch.get('mounts')}: {e}. Fix: --mounts "
+            "type=bind,src=HOST_PATH,dst=JOB_PATH[,readonly] or type=volume,src=CLAIM,dst=JOB_PATH (repeat for more)."
+        ) from None
     for role in app.roles:  # entrypoint "bash", args ["-c", "torchrun ..."]
+        role.name = cli_args[0]  # pods / Slurm jobs / log folders say train-0, not cli-0
         role.args = [arg if i != 1 else _find_torchrun() + arg for i, arg in enumerate(role.args)]
+        # dist.ddp resolves named resources itself; keep their capabilities/devices (instance type, EFA).
+        role.resource = resource
     return app
 
 
@@ -66,9 +128,9 @@ def train(
     j: str = "1x2",
     image: str = DEFAULT_IMAGE,
     name: str = "crossrank-train",
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
@@ -86,10 +148,10 @@ def train(
         j: {nnodes}x{nproc_per_node}, e.g. 1x2 locally, 4x8 on a GPU cluster
         image: container image (ignored by local_cwd, which runs in the current directory)
         name: job name
-        cpu: CPUs per node
+        cpu: CPUs per node (default: 8 per GPU, or 1 per process without GPUs)
         gpu: GPUs per node (processes use cuda + nccl when present, else cpu + gloo)
-        memMB: memory per node in MB
-        h: a named resource (overrides cpu/gpu/memMB), e.g. aws_p4d.24xlarge
+        memMB: memory per node in MB (default: 60000 per GPU, or 4096 per process without GPUs)
+        h: a TorchX named resource for the node (replaces cpu/gpu/memMB), e.g. aws_p4d.24xlarge
         env: extra environment variables
         max_retries: restarts allowed on failure
         rdzv_port: rank 0's rendezvous port (multi-node)
@@ -105,12 +167,9 @@ def train(
         args.append("--init-optimizer")
     return _ddp(
         [*args, *_set_args(overrides)],
+        _node_resources(j, cpu, gpu, memMB, h),
         image=image,
         name=name,
-        h=h,
-        cpu=cpu,
-        gpu=gpu,
-        memMB=memMB,
         j=j,
         env=env,
         max_retries=max_retries,
@@ -129,9 +188,9 @@ def score(
     j: str = "1x2",
     image: str = DEFAULT_IMAGE,
     name: str = "crossrank-score",
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
@@ -153,10 +212,10 @@ def score(
         j: {nnodes}x{nproc_per_node}
         image: container image (ignored by local_cwd)
         name: job name
-        cpu: CPUs per node
-        gpu: GPUs per node
-        memMB: memory per node in MB
-        h: a named resource (overrides cpu/gpu/memMB)
+        cpu: CPUs per node (default: 8 per GPU, or 1 per process without GPUs)
+        gpu: GPUs per node (processes use cuda + nccl when present, else cpu + gloo)
+        memMB: memory per node in MB (default: 60000 per GPU, or 4096 per process without GPUs)
+        h: a TorchX named resource for the node (replaces cpu/gpu/memMB), e.g. aws_p4d.24xlarge
         env: extra environment variables
         max_retries: restarts allowed on failure (a restart resumes where the last one stopped)
         rdzv_port: rank 0's rendezvous port (multi-node)
@@ -170,12 +229,9 @@ def score(
         args.append("--overwrite")
     return _ddp(
         args,
+        _node_resources(j, cpu, gpu, memMB, h),
         image=image,
         name=name,
-        h=h,
-        cpu=cpu,
-        gpu=gpu,
-        memMB=memMB,
         j=j,
         env=env,
         max_retries=max_retries,
@@ -192,9 +248,9 @@ def evaluate(
     j: str = "1x2",
     image: str = DEFAULT_IMAGE,
     name: str = "crossrank-evaluate",
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     rdzv_port: int = 29500,
@@ -211,10 +267,10 @@ def evaluate(
         j: {nnodes}x{nproc_per_node}
         image: container image (ignored by local_cwd)
         name: job name
-        cpu: CPUs per node
-        gpu: GPUs per node
-        memMB: memory per node in MB
-        h: a named resource (overrides cpu/gpu/memMB)
+        cpu: CPUs per node (default: 8 per GPU, or 1 per process without GPUs)
+        gpu: GPUs per node (processes use cuda + nccl when present, else cpu + gloo)
+        memMB: memory per node in MB (default: 60000 per GPU, or 4096 per process without GPUs)
+        h: a TorchX named resource for the node (replaces cpu/gpu/memMB), e.g. aws_p4d.24xlarge
         env: extra environment variables
         rdzv_port: rank 0's rendezvous port (multi-node)
         mounts: volume mounts, e.g. type=bind,src=/data,dst=/data
@@ -224,12 +280,9 @@ def evaluate(
         args += ["--ranking", ranking]
     return _ddp(
         args,
+        _node_resources(j, cpu, gpu, memMB, h),
         image=image,
         name=name,
-        h=h,
-        cpu=cpu,
-        gpu=gpu,
-        memMB=memMB,
         j=j,
         env=env,
         rdzv_port=rdzv_port,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossrank.features.errors import InputError
+from crossrank.features.storage import as_path
 
 if TYPE_CHECKING:  # annotations only: the handlers import their stage when they run
     from crossrank.features.check import IdCounts
@@ -22,7 +23,7 @@ def prepare_movielens(args: argparse.Namespace) -> None:
 
     summary = prepare(
         Path(args.src_dir),
-        Path(args.out_dir),
+        as_path(args.out_dir),
         domains=Path(args.domains) if args.domains else None,
         max_len=args.max_len,
         n_test=args.n_test,
@@ -50,7 +51,7 @@ def prepare_synthetic(args: argparse.Namespace) -> None:
         from crossrank.pipeline.prepare.synthetic.daily import prepare_synthetic_days
 
         daily = prepare_synthetic_days(
-            Path(args.out_dir),
+            as_path(args.out_dir),
             cfg,
             days=args.days,
             start_date=args.start_date,
@@ -59,7 +60,7 @@ def prepare_synthetic(args: argparse.Namespace) -> None:
         )
         print(daily.format())
         return
-    print(prepare(Path(args.out_dir), cfg, overwrite=args.overwrite).format())
+    print(prepare(as_path(args.out_dir), cfg, overwrite=args.overwrite).format())
 
 
 def prepare_ranking(args: argparse.Namespace) -> None:
@@ -199,18 +200,26 @@ def score(args: argparse.Namespace) -> None:
     """``crossrank score``: one rank of an offline scoring job."""
     from crossrank.pipeline.scoring.output import check_output_path
 
-    check_output_path(Path(args.output))  # at once: before torch is imported and the model built
+    check_output_path(as_path(args.output))  # at once: before torch is imported and the model built
     from crossrank.pipeline.scoring.score import run_score
 
     passthrough = [c for c in (args.passthrough or "").split(",") if c]
-    run_score(args.checkpoint, args.input, args.output, args.batch_size, passthrough, args.overwrite)
+    run_score(
+        args.checkpoint,
+        args.input,
+        args.output,
+        args.batch_size,
+        passthrough,
+        args.overwrite,
+        grouped=not args.row_by_row,
+    )
 
 
 def evaluate(args: argparse.Namespace) -> None:
     """``crossrank evaluate``: a checkpoint's metrics table."""
     from crossrank.pipeline.scoring.evaluate import run_evaluate
 
-    run_evaluate(args.checkpoint, args.data, args.ranking, args.batch_size)
+    run_evaluate(args.checkpoint, args.data, args.ranking, args.batch_size, grouped=not args.row_by_row)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -219,7 +228,7 @@ def report(args: argparse.Namespace) -> None:
 
     from crossrank.pipeline.evaluation.metrics import format_metrics_table, latest_tables
 
-    path = Path(args.run_dir) / "metrics.json"
+    path = as_path(args.run_dir) / "metrics.json"
     if not path.is_file():
         raise InputError(
             "no metrics.json in the run folder.", where=str(path), fix="train first (crossrank train)."
@@ -228,7 +237,7 @@ def report(args: argparse.Namespace) -> None:
     tables = latest_tables(metrics)
     extra: dict[str, float] = {}
     if args.oracle:
-        oracle = json.loads(Path(args.oracle).read_text())["oracle_auc"]
+        oracle = json.loads(as_path(args.oracle).read_text())["oracle_auc"]
         extra["oracle auc (test)"] = oracle["test"]
         if "test" in tables:
             extra["model auc / oracle auc"] = tables["test"]["auc"] / oracle["test"]

@@ -220,6 +220,12 @@ def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="replace the scores in OUTPUT when they were written with another checkpoint, input or "
         "passthrough list (refused otherwise)",
     )
+    sc.add_argument(
+        "--row-by-row",
+        action="store_true",
+        help="encode every row's history itself (default: the rows of a batch that share their histories, "
+        "e.g. a user's candidates, share one history encoding; the scores are equal to float rounding)",
+    )
     sc.set_defaults(fn=commands.score)
 
 
@@ -236,6 +242,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ev.add_argument("--data", required=True, help="labeled Parquet file or folder")
     ev.add_argument("--ranking", help="ranking protocol data (crossrank prepare ranking)")
     ev.add_argument("--batch-size", type=int, default=4096)
+    ev.add_argument(
+        "--row-by-row",
+        action="store_true",
+        help="encode every row's history itself (default: the rows of a batch that share their histories, "
+        "e.g. a user's candidates, share one history encoding; the scores are equal to float rounding)",
+    )
     ev.set_defaults(fn=commands.evaluate)
 
 

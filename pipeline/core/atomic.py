@@ -3,7 +3,8 @@
 A reader (a training job, a second ``prepare`` run, a crash) must never see a half-written file under its
 final name: every file is written under a hidden temporary name in the same folder, flushed, and then moved
 into place with ``os.replace`` (atomic on POSIX when source and target share a file system: hence the same
-folder).
+folder). On an object store (``s3://...``), which has no rename, a file is spooled to a local cache and
+uploaded in one go: the object appears only once complete (:mod:`crossrank.features.storage`).
 
 A full disk (or quota) while writing is an :class:`~crossrank.features.errors.InputError` naming the folder,
 raised after the temporary file is removed: nothing is left under the final name, nor half-written beside it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crossrank.features.atomic_files import disk_full_as_input_error, temp_path, write_text_atomic
+from crossrank.features.storage import ObjectPath, as_path, cache_dir, is_remote, upload_file
 
 # zstd at Arrow's default level compresses the long, repetitive history lists ~2x better than snappy at about
 # the same write speed; every Parquet reader we use (pyarrow, DuckDB, Spark) reads it.
@@ -63,7 +66,7 @@ class AtomicParquetWriter:
     ) -> None:
         if row_group_size < 1:
             raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
-        self.path = Path(path)
+        self.path = as_path(path)
         self.schema = schema
         self.row_group_size = row_group_size
         self.compression = compression
@@ -73,8 +76,11 @@ class AtomicParquetWriter:
         self._pending: pa.Table = schema.empty_table()
 
     def __enter__(self) -> AtomicParquetWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_path(self.path)
+        if is_remote(self.path):  # spooled locally, uploaded in one go when complete (atomic there)
+            self._tmp = cache_dir("spool") / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = temp_path(self.path)
         try:
             with disk_full_as_input_error(self.path):
                 self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
@@ -121,7 +127,10 @@ class AtomicParquetWriter:
                 self._pending = self.schema.empty_table()
                 self._writer.close()
                 fsync_path(self._tmp)
-                os.replace(self._tmp, self.path)
+                if isinstance(self.path, ObjectPath):
+                    upload_file(self._tmp, self.path)
+                else:
+                    os.replace(self._tmp, self.path)
         finally:
             # On any failure (the caller's or ours) the temporary file goes; an old target stays untouched.
             if self._tmp.exists():

@@ -12,6 +12,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from crossrank.features.errors import InputError
+from crossrank.features.storage import is_uri
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -32,6 +35,35 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+# Declares that local paths are on storage every node of the job shares (an NFS or Lustre mount).
+SHARED_FS_ENV = "CROSSRANK_SHARED_FS"
+
+
+def check_shared_storage(location: str | os.PathLike[str], setting: str) -> None:
+    """An InputError, at the start of a job of several nodes (``WORLD_SIZE > LOCAL_WORLD_SIZE``), when the
+    folder it writes (``setting``: ``run_dir``, ``--output``) is a local path: each node would write its ranks'
+    shards to its own disk, and no node would hold a whole checkpoint or output. A URI (``s3://``, ``gs://``,
+    ``hdfs://``) passes, and so does a local path when ``CROSSRANK_SHARED_FS=1`` declares it shared.
+
+    Example::
+
+        check_shared_storage(cfg.run_dir, "run_dir")  # under torchrun --nnodes 2: needs s3://... or NFS
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    shared = os.environ.get(SHARED_FS_ENV, "").strip().lower() in ("1", "true", "yes")
+    if world <= local or shared or is_uri(location):
+        return
+    raise InputError(
+        f"this job runs on several nodes (WORLD_SIZE={world} > LOCAL_WORLD_SIZE={local}), but {setting} is "
+        "a local path: every node would write its own ranks' part of each checkpoint or output to its own disk.",
+        where=str(location),
+        fix=f"set {setting} to shared storage every node reaches (s3://bucket/..., gs://..., hdfs://...; README "
+        f'"Object storage"), or, if {location} is a shared mount (NFS, Lustre) on every node, set '
+        f"{SHARED_FS_ENV}=1 in the job's environment.",
+    )
 
 
 def init_distributed() -> DistContext:
@@ -75,6 +107,21 @@ def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def gather_to_main(t: torch.Tensor, ctx: DistContext) -> torch.Tensor | None:
+    """Concatenate a 1-d tensor of any length from every rank (rank order) on rank 0 only; ``None``
+    elsewhere. Memory O(total) on rank 0, O(own + largest) on the others (not O(total) on every rank)."""
+    if ctx.world_size == 1:
+        return t
+    sizes = all_gather_cat(torch.tensor([t.numel()], dtype=torch.int64, device=ctx.device), ctx).tolist()
+    padded = torch.zeros(max(sizes), dtype=t.dtype, device=ctx.device)
+    padded[: t.numel()] = t
+    parts = [torch.empty_like(padded) for _ in sizes] if ctx.is_main else None
+    dist.gather(padded, parts, dst=0)
+    if parts is None:
+        return None
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).cpu()
 
 
 def launch_local(nproc: int, workdir: Path, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:

@@ -6,6 +6,10 @@ hidden sibling folder, ``.NAME.tmp-<pid>-<hex>``, and swaps it into place only w
 old folder is renamed aside, the new one renamed to NAME, and the old one removed. A job that fails leaves
 the earlier output untouched; a crash between the two renames leaves no folder at NAME; a reader never sees
 a mix of old and new files. Hidden siblings of dead jobs are removed by the next run.
+
+A remote ``out_dir`` (``s3://...``; object stores have no rename) is staged in a local cache folder and
+uploaded when the job succeeded, ``summary.json`` last: a folder without it is incomplete (a crash during the
+upload), which a rerun replaces with --overwrite.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from crossrank.features.errors import InputError
+from crossrank.features.storage import as_path, cache_dir, is_remote, rmtree, upload_tree
 
 # The hidden siblings ``replaced_folder`` writes (a crashed job may leave them inside an output it owns).
 _STAGE = re.compile(r"^\..+\.(?:tmp|old)-(\d+)-[0-9a-f]+$")
@@ -58,13 +63,13 @@ def _make_parent(out_dir: Path) -> None:
 def check_target(out_dir: Path, *, is_own: Callable[[Path], bool], overwrite: bool, command: str) -> None:
     """An InputError, before any work, unless ``out_dir`` is missing, empty, ``command``'s earlier output
     (``is_own``), or ``overwrite`` is set; also when it is a file or holds the current folder."""
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(
             "the output folder is a file.", where=str(out_dir), fix="pass a folder path that is not a file."
         )
     _make_parent(out_dir)
-    if not os.access(out_dir.parent, os.W_OK | os.X_OK):
+    if not is_remote(out_dir) and not os.access(out_dir.parent, os.W_OK | os.X_OK):
         raise InputError(
             f"cannot write the output folder ({out_dir.parent} is not writable).",
             where=str(out_dir),
@@ -109,10 +114,31 @@ def _remove_leftovers(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
+def _uploaded_folder(out_dir: Path) -> Iterator[Path]:
+    """``replaced_folder`` for a remote ``out_dir`` (no rename there): the job writes into a local staging
+    folder in the cache; when it succeeds, the old objects under ``out_dir`` are removed and the new files
+    uploaded, ``summary.json`` (the commit marker that :func:`earlier_output` and readers check) last."""
+    stage = cache_dir("stage") / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+        summary = out_dir / "summary.json"
+        summary.unlink(missing_ok=True)  # uncommit the old output first: a crash below leaves no valid mix
+        rmtree(out_dir, ignore_errors=True)
+        upload_tree(stage, out_dir, last="summary.json")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def replaced_folder(out_dir: Path) -> Iterator[Path]:
     """Yield an empty hidden sibling of ``out_dir`` to write into; when the block succeeds, it replaces
     ``out_dir`` (see the module docstring); when it fails, it is removed and ``out_dir`` stays as it was."""
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
+    if is_remote(out_dir):
+        with _uploaded_folder(out_dir) as stage:
+            yield stage
+        return
     _make_parent(out_dir)
     _remove_leftovers(out_dir)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -1,29 +1,51 @@
-"""Predictions of a (sharded) model over a reader on every rank, and the metrics computed from them."""
+"""A (sharded) model's predictions over a reader: streamed into the metrics (:func:`evaluate`), or gathered
+for the ranking protocol, whose groups need all their rows together (:func:`evaluate_ranking`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
 from crossrank.features.spec import FeatureSpec
 from crossrank.pipeline.core.distributed import DistContext, all_gather_cat, all_reduce_max
-from crossrank.pipeline.evaluation.metrics import compute_metrics
+from crossrank.pipeline.evaluation.metrics import StreamingMetrics
 from crossrank.pipeline.evaluation.ranking import ranking_metrics
+from crossrank.pipeline.reading.batch import Batch
+from crossrank.pipeline.reading.history_groups import forward_batch, grouped_batches
 from crossrank.pipeline.reading.reader import ParquetBatchReader
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, reader: ParquetBatchReader, ctx: DistContext) -> dict[str, torch.Tensor]:
-    """Every rank runs the same number of (padded) batches; predictions of all ranks are gathered on every
-    rank: ``logits, labels, weights, domains, ortho, row_ids``."""
+def model_outputs(
+    model: torch.nn.Module, reader: ParquetBatchReader, ctx: DistContext, grouped: bool = False
+) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
+    """Every rank runs the same number of (padded) batches in eval mode, yielding each batch's rows
+    (``labels, weights, domains, row_ids``), float logits [B] and ortho [B, directions]. With ``grouped``,
+    the rows of a batch that share their histories share one encoding
+    (:mod:`crossrank.pipeline.reading.history_groups`)."""
     was_training = model.training
     model.eval()
-    steps = all_reduce_max(reader.num_batches, ctx)
-    outs: list[tuple[torch.Tensor, ...]] = []
-    for batch in reader.batches(num_batches=steps):
-        batch = batch.to(ctx.device)
-        _, (_, logits, labels, weights, domains, ortho) = model(batch)
-        outs.append((logits.float(), labels.float(), weights.float(), domains, ortho.float(), batch.row_ids))
-    model.train(was_training)
+    try:
+        steps = all_reduce_max(reader.num_batches, ctx)
+        batches = grouped_batches(reader, steps) if grouped else reader.batches(num_batches=steps)
+        for batch in batches:
+            with torch.no_grad():
+                rows, logits, ortho = forward_batch(model, batch.to(ctx.device))
+            yield rows, logits.float(), ortho.float()
+    finally:
+        model.train(was_training)
+
+
+def predict(
+    model: torch.nn.Module, reader: ParquetBatchReader, ctx: DistContext, grouped: bool = False
+) -> dict[str, torch.Tensor]:
+    """The predictions of all ranks gathered on every rank: ``logits, labels, weights, domains, ortho,
+    row_ids``. Memory O(rows of all ranks) on every rank: for what needs every row together (the ranking
+    groups); metrics stream through :func:`evaluate` instead."""
+    outs = [
+        (logits, rows.labels.float(), rows.weights.float(), rows.domains, ortho, rows.row_ids)
+        for rows, logits, ortho in model_outputs(model, reader, ctx, grouped)
+    ]
     names = ("logits", "labels", "weights", "domains", "ortho", "row_ids")
     return {
         n: all_gather_cat(torch.cat(c), ctx).cpu()
@@ -37,23 +59,26 @@ def evaluate(
     spec: FeatureSpec,
     ctx: DistContext,
     directions: list[str],
+    grouped: bool = False,
 ) -> dict[str, float]:
-    """AUC, NE, log loss, calibration, per-domain AUC and mean |cos(X, X')| per fusion direction."""
-    p = predict(model, reader, ctx)
-    metrics = compute_metrics(
-        p["logits"], p["labels"], p["weights"], p["domains"], domain_names=spec.domain_names
-    )
-    keep = p["weights"] > 0
-    for i, direction in enumerate(directions):  # mean over real rows and slots
-        metrics[f"ortho/{direction}"] = float(p["ortho"][keep, i].mean())
-    return metrics
+    """AUC, NE, log loss, calibration, per-domain AUC and mean |cos(X, X')| per fusion direction, streamed:
+    no rank holds every prediction (:class:`StreamingMetrics`); the same dict on every rank."""
+    acc = StreamingMetrics(spec.domain_names, directions)
+    for rows, logits, ortho in model_outputs(model, reader, ctx, grouped):
+        acc.update(logits, rows.labels, rows.weights, rows.domains, ortho)
+    return acc.finish(ctx)
 
 
 def evaluate_ranking(
-    model: torch.nn.Module, reader: ParquetBatchReader, spec: FeatureSpec, ctx: DistContext, group_size: int
+    model: torch.nn.Module,
+    reader: ParquetBatchReader,
+    spec: FeatureSpec,
+    ctx: DistContext,
+    group_size: int,
+    grouped: bool = False,
 ) -> dict[str, float]:
     """HR@10 / NDCG@10 on the sampled ranking protocol (``crossrank prepare ranking``)."""
-    p = predict(model, reader, ctx)
+    p = predict(model, reader, ctx, grouped)
     keep = p["weights"] > 0
     return ranking_metrics(
         p["logits"][keep], p["row_ids"][keep], p["domains"][keep], group_size, spec.domain_names

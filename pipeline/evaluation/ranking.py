@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from crossrank.features.errors import InputError
+
 
 def ranking_metrics(
     logits: torch.Tensor,
@@ -20,7 +22,18 @@ def ranking_metrics(
     Args:
         logits, row_ids, domains: [N] of real rows (padding removed), any order, every group complete.
         group_size: 1 + negatives.
+
+    Raises:
+        InputError: the rows do not make whole groups of ``group_size`` (a ranking set prepared with
+            another ``--negatives``).
     """
+    if logits.numel() % group_size:
+        raise InputError(
+            f"the ranking set's {logits.numel():,} rows are not whole groups of {group_size} (1 positive + "
+            f"{group_size - 1} negatives).",
+            fix="set data.ranking_group_size to 1 + the --negatives of `crossrank prepare ranking` (its "
+            "ranking.json says group_size), or prepare the ranking set again.",
+        )
     order = torch.argsort(row_ids)
     scores = logits[order].reshape(-1, group_size)
     dom = domains[order].reshape(-1, group_size)[:, 0]

@@ -23,6 +23,9 @@ class Batch(Pipelineable):
         weights: [B] float, 1 for real rows, 0 for the padding rows that keep every rank's batches equal.
         domains: [B] int64 index of each row's candidate domain.
         row_ids: [B] int64 row ids (-1 for padding rows and non-integer row ids), for scoring outputs.
+        loss_scale: [1] float, what the summed loss of the real rows is multiplied by: 1 / (real rows) by
+            default (this batch's mean); the trainer sets world_size / (real rows of the step on all ranks),
+            so that the ranks' losses, averaged by DDP, are the step's global mean over real rows.
     """
 
     dense: torch.Tensor
@@ -32,6 +35,7 @@ class Batch(Pipelineable):
     weights: torch.Tensor
     domains: torch.Tensor
     row_ids: torch.Tensor
+    loss_scale: torch.Tensor
 
     def _map(self, fn_tensor, fn_kjt) -> Batch:  # type: ignore[no-untyped-def]
         return Batch(

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from crossrank.features.check import schema_problems
 from crossrank.features.errors import InputError
-from crossrank.features.files import DataPaths, list_parquet_files
+from crossrank.features.files import DataPaths, list_parquet_files, open_parquet
 from crossrank.features.idmap import check_oov_fraction, map_ids
 from crossrank.features.spec import FeatureSpec, SpecError
 from crossrank.features.validate import (
@@ -43,9 +42,12 @@ def _excl_cumsum(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def jagged_take(lengths: np.ndarray, values: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``idx`` of a jagged array (lengths, values), vectorised."""
-    offsets = _excl_cumsum(lengths)
+def jagged_take(
+    lengths: np.ndarray, values: np.ndarray, idx: np.ndarray, offsets: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``idx`` of a jagged array (lengths, values), vectorised; ``offsets`` (``_excl_cumsum(lengths)``)
+    when the caller has them, so that many small takes from one big block do not rescan its lengths."""
+    offsets = _excl_cumsum(lengths) if offsets is None else offsets
     new_lengths = lengths[idx]
     starts = offsets[:-1][idx]
     total = int(new_lengths.sum())
@@ -80,9 +82,23 @@ class Block:
     domains: np.ndarray
     row_ids: np.ndarray
     jagged: dict[str, tuple[np.ndarray, np.ndarray]]
+    # Per KJT key, the row offsets into its values (computed on the first slice; the arrays never change).
+    _offsets: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the block's arrays."""
+        arrays = [
+            self.dense,
+            self.labels,
+            self.domains,
+            self.row_ids,
+            *(a for lv in self.jagged.values() for a in lv),
+        ]
+        return sum(a.nbytes for a in arrays)
 
     def take(self, idx: np.ndarray) -> Block:
         return Block(
@@ -90,11 +106,25 @@ class Block:
             self.labels[idx],
             self.domains[idx],
             self.row_ids[idx],
-            {k: jagged_take(lv[0], lv[1], idx) for k, lv in self.jagged.items()},
+            {k: jagged_take(lv[0], lv[1], idx, self.offsets(k)) for k, lv in self.jagged.items()},
         )
 
+    def offsets(self, key: str) -> np.ndarray:
+        """Row offsets into ``jagged[key]``'s values (computed once: the arrays never change)."""
+        if key not in self._offsets:
+            self._offsets[key] = _excl_cumsum(self.jagged[key][0])
+        return self._offsets[key]
+
     def slice(self, start: int, stop: int) -> Block:
-        return self.take(np.arange(start, min(stop, len(self))))
+        """Rows ``start:stop`` as views, without a gather: the batches are cut from a block of the whole
+        shuffle buffer, and a gather would rescan the buffer's lengths for every batch (quadratic)."""
+        stop = min(stop, len(self))
+        jagged = {}
+        for k, (lengths, values) in self.jagged.items():
+            offsets = self.offsets(k)
+            jagged[k] = (lengths[start:stop], values[offsets[start] : offsets[stop]])
+        s = slice(start, stop)
+        return Block(self.dense[s], self.labels[s], self.domains[s], self.row_ids[s], jagged)
 
     @staticmethod
     def concat(blocks: list[Block]) -> Block:
@@ -155,6 +185,7 @@ class Block:
             weights=torch.from_numpy(weights),
             domains=torch.from_numpy(block.domains),
             row_ids=torch.from_numpy(block.row_ids),
+            loss_scale=torch.tensor([1.0 / max(n, 1)]),
         )
 
 
@@ -198,7 +229,7 @@ def discover_units(spec: FeatureSpec, path: DataPaths, *, with_label: bool = Tru
     problems, preflight = [], []
     for file in list_parquet_files(path):
         try:
-            meta = pq.ParquetFile(file)
+            meta = open_parquet(file)
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(
                 f"not a readable Parquet file ({e}).", where=str(file), fix="re-create the file."
@@ -234,7 +265,7 @@ def assign_units(units: list[Unit], world_size: int) -> list[list[Unit]]:
 def read_unit(unit: Unit, columns: list[str]) -> pa.Table:
     """One row group's columns, or an InputError naming the file and row group."""
     try:
-        return pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=columns)
+        return open_parquet(unit.file).read_row_group(unit.row_group, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(
             f"cannot read the row group ({e}).", where=str(unit), fix="re-create the file."
@@ -350,7 +381,10 @@ class ParquetBatchReader:
         path: a Parquet file or a folder of them.
         batch_size: rows per batch (B), the same on every rank.
         rank, world_size: this process's share: units are balanced across ranks by row count.
-        shuffle: shuffle unit order and rows (within a window of ``shuffle_units`` units) per epoch.
+        shuffle: per epoch, read the units in a random order into a buffer of up to ``shuffle_buffer_mb`` of
+            mapped rows and yield the buffer's rows in a random order. When the rank's share fits in the
+            buffer (e.g. ml-1m at the 1 GiB default), every epoch is a permutation of the whole share;
+            otherwise each buffer is a random sample of units from all over the split.
         seed: shuffling seed (the epoch is added, so every epoch differs and every run repeats).
         with_label: False for unlabeled scoring input.
 
@@ -371,7 +405,7 @@ class ParquetBatchReader:
         world_size: int = 1,
         shuffle: bool = False,
         seed: int = 0,
-        shuffle_units: int = 4,
+        shuffle_buffer_mb: float = 1024,
         with_label: bool = True,
     ) -> None:
         if batch_size < 1:
@@ -380,7 +414,12 @@ class ParquetBatchReader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.shuffle_units = max(1, shuffle_units)
+        if shuffle_buffer_mb < 0:
+            raise InputError(
+                f"data.shuffle_buffer_mb must be >= 0, got {shuffle_buffer_mb}.",
+                fix="set it to the memory (MB per rank) for mixing training rows, e.g. 1024; 0 mixes within a unit.",
+            )
+        self.shuffle_buffer_bytes = int(shuffle_buffer_mb * 2**20)
         self.units = assign_units(discover_units(spec, path, with_label=with_label), world_size)[rank]
         self.converter = BlockConverter(spec, with_label=with_label)
 
@@ -401,15 +440,33 @@ class ParquetBatchReader:
         return self.converter.convert(read_unit(unit, self.converter.columns), str(unit))
 
     def blocks(self, epoch: int = 0) -> Iterator[Block]:
-        """This rank's rows as blocks (shuffled windows of units when ``shuffle``)."""
+        """This rank's rows as blocks: one per unit in file order, or when ``shuffle`` the units in a random
+        order, gathered into buffers of up to ``shuffle_buffer_mb`` (the unit that fills a buffer is its
+        last), whose rows are yielded in a random order as blocks of ``batch_size`` rows."""
+        if not self.shuffle:
+            yield from (self._read(u) for u in self.units)
+            return
         rng = np.random.default_rng([self.seed, epoch])
-        units = list(self.units)
-        if self.shuffle:
-            units = [units[i] for i in rng.permutation(len(units))]
-        window = self.shuffle_units if self.shuffle else 1
-        for start in range(0, len(units), window):
-            block = Block.concat([self._read(u) for u in units[start : start + window]])
-            yield block.take(rng.permutation(len(block))) if self.shuffle else block
+        buffer: list[Block] = []
+        held = 0
+        for i in rng.permutation(len(self.units)):
+            buffer.append(self._read(self.units[i]))
+            held += buffer[-1].nbytes
+            if held >= self.shuffle_buffer_bytes:
+                yield from self._mixed(buffer, rng)
+                buffer, held = [], 0
+        if buffer:
+            yield from self._mixed(buffer, rng)
+
+    def _mixed(self, buffer: list[Block], rng: np.random.Generator) -> Iterator[Block]:
+        """The buffer's rows in a random order, as blocks of ``batch_size`` rows. The buffer is concatenated
+        once (a sequential copy) and each batch gathers its rows from it with the cached row offsets; a
+        permuted copy of the whole buffer would cost a random gather of every value and twice the memory."""
+        block = Block.concat(buffer)
+        buffer.clear()  # the parts are copied into ``block``: let them go
+        order = rng.permutation(len(block))
+        for start in range(0, len(order), self.batch_size):
+            yield block.take(order[start : start + self.batch_size])
 
     def row_slices(self, epoch: int = 0) -> Iterator[Block]:
         """This rank's rows cut into blocks of ``batch_size`` rows (the last one shorter), in batch order."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from crossrank.features.errors import InputError
 from crossrank.features.spec import FeatureSpec, load_spec
+from crossrank.features.storage import as_path
 from crossrank.pipeline.core.distributed import DistContext
 from crossrank.pipeline.training.checkpoint import (
     describe_checkpoint,
@@ -34,7 +35,7 @@ class LoadedModel:
 def checkpoint_spec(path: Path) -> FeatureSpec:
     """The feature spec a checkpoint was trained with (its own ``spec.yaml``: ``score`` and ``evaluate``
     take no spec, the model only fits the one it was trained with); an InputError when it is missing."""
-    spec_path = Path(path) / SPEC_FILE
+    spec_path = as_path(path) / SPEC_FILE
     if not spec_path.is_file():
         raise InputError(
             f"the checkpoint is incomplete: its {SPEC_FILE}, the feature spec it was trained with (which "
@@ -52,10 +53,10 @@ def checkpoint_config(path: Path) -> JobConfig:
     if not isinstance(meta.get("config"), dict):
         raise InputError(
             "the checkpoint's meta.json has no training config.",
-            where=str(Path(path) / "meta.json"),
+            where=str(as_path(path) / "meta.json"),
             fix=f"{_OTHER_CHECKPOINT}.",
         )
-    return config_from_dict(meta["config"], str(Path(path) / "meta.json"))
+    return config_from_dict(meta["config"], str(as_path(path) / "meta.json"))
 
 
 def load_for_inference(checkpoint: str | Path, ctx: DistContext) -> LoadedModel:

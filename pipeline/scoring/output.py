@@ -13,6 +13,10 @@ A rerun into the folder:
   no longer exists, and parts without an entry (a crash between the two writes), so after the job the folder
   holds every current input row exactly once.
 
+On an object store (``--output s3://...``) the same holds: each part and each entry is one upload, visible
+only once complete (:mod:`crossrank.features.storage`), the entry after its part; a unit's identity also holds
+its file's ETag (the store's modification times have a one-second resolution).
+
 Everything here is cheap (file metadata and small JSON files): it runs before the model is loaded, and
 ``check_output_path`` before torch is even imported.
 """
@@ -23,13 +27,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossrank.features.errors import InputError
 from crossrank.features.files import DataPaths, as_path_list
+from crossrank.features.storage import ObjectPath, as_path, is_remote, is_uri, rmtree
 from crossrank.pipeline.core.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # the CLI checks the output path with this module before it imports torch
@@ -56,35 +60,39 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
     its ``meta.json`` (written last, on every save) and ``spec.yaml``."""
     from crossrank.pipeline.training.checkpoint import read_meta
 
-    meta = read_meta(path)
+    meta, path = read_meta(path), as_path(path)
     return {
-        "path": str(Path(path).resolve()),
+        "path": str(path.resolve()),
         "step": meta.get("step"),
         "world_size": meta.get("world_size"),
-        "meta_sha256": _sha256(Path(path) / "meta.json"),
-        "spec_sha256": _sha256(Path(path) / "spec.yaml"),
+        "meta_sha256": _sha256(path / "meta.json"),
+        "spec_sha256": _sha256(path / "spec.yaml"),
     }
 
 
 def job_record(checkpoint: Path, input_path: DataPaths, passthrough: list[str]) -> dict[str, Any]:
     """The content of ``_job.json`` for a job scoring ``input_path`` with ``checkpoint``."""
     return {
-        "input": [os.path.abspath(p) for p in as_path_list(input_path)],
+        "input": [p if is_uri(p) else os.path.abspath(p) for p in as_path_list(input_path)],
         "checkpoint": checkpoint_identity(checkpoint),
         "passthrough": list(passthrough),
     }
 
 
 def unit_identities(units: list[Unit]) -> list[dict[str, Any]]:
-    """Each unit's identity: its file's absolute path, size and mtime_ns, its row group and row count."""
-    stats = {f: f.stat() for f in {u.file for u in units}}
+    """Each unit's identity: its file's absolute path (or URI), size and mtime_ns, its row group and row
+    count; on an object store also the file's ETag (its mtime has a one-second resolution there)."""
+    files = {u.file for u in units}
+    stats = {f: f.stat() for f in files}
+    etags = {f: f.etag() for f in files if isinstance(f, ObjectPath)}
     return [
         {
-            "file": os.path.abspath(u.file),
+            "file": str(u.file) if is_remote(u.file) else os.path.abspath(u.file),
             "size": stats[u.file].st_size,
             "mtime_ns": stats[u.file].st_mtime_ns,
             "row_group": u.row_group,
             "rows": u.num_rows,
+            **({"etag": etags[u.file]} if u.file in etags else {}),
         }
         for u in units
     ]
@@ -95,11 +103,15 @@ def _key(identity: dict[str, Any]) -> str:
 
 
 def check_output_path(output: Path) -> None:
-    """An InputError, before any work, when ``output`` is a file or cannot be created or written."""
+    """An InputError, before any work, when ``output`` is a file or cannot be created or written (a remote
+    folder: when it is a file; its permissions are the store's, checked at the first write)."""
+    output = as_path(output)
     if output.exists() and not output.is_dir():
         raise InputError(
             "the output path is a file, not a folder.", where=str(output), fix="pass a folder for --output."
         )
+    if is_remote(output):
+        return
     existing = output
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -195,7 +207,7 @@ def check_output(output: Path, record: dict[str, Any], overwrite: bool) -> Outpu
 def _clear(output: Path) -> None:
     """Remove a scoring output (job record first: an interrupted clear is never taken for a valid output)."""
     (output / JOB_FILE).unlink(missing_ok=True)
-    shutil.rmtree(output / MANIFEST, ignore_errors=True)
+    rmtree(output / MANIFEST, ignore_errors=True)
     for p in output.iterdir():
         if PART.match(p.name) or _temporary(p.name):
             p.unlink()

@@ -8,7 +8,8 @@ and a run with another checkpoint or input is refused unless ``overwrite`` (see
 :mod:`crossrank.pipeline.scoring.output`), so the output holds every current input row exactly once, even
 across crashes. No rank reads more than one row group at a time. Every rank runs the same number of forward
 passes (padded with empty batches), so the sharded model's collectives never wait on a rank that has
-finished.
+finished. By default the rows of a batch that share their histories (a user's candidates) share one history
+encoding (:mod:`crossrank.pipeline.reading.history_groups`), with the row-by-row path's scores.
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from crossrank.features.errors import InputError
+from crossrank.features.files import open_parquet
 from crossrank.features.spec import FeatureSpec
+from crossrank.features.storage import as_path
 from crossrank.pipeline.core.atomic import write_json_atomic, write_parquet_atomic
-from crossrank.pipeline.core.distributed import DistContext, all_reduce_max, init_distributed
+from crossrank.pipeline.core.distributed import (
+    DistContext,
+    all_reduce_max,
+    check_shared_storage,
+    init_distributed,
+)
 from crossrank.pipeline.reading.batch import Batch
+from crossrank.pipeline.reading.history_groups import GroupedBatch, forward_batch, grouped_batch
 from crossrank.pipeline.reading.reader import (
     BlockConverter,
     Unit,
@@ -58,8 +66,8 @@ class ScoreResult:
         return self.rows / max(self.wall_s, 1e-9)
 
 
-def _scores(model: torch.nn.Module, batch: Batch, ctx: DistContext) -> torch.Tensor:
-    _, (_, logits, *_) = model(batch.to(ctx.device))
+def _scores(model: torch.nn.Module, batch: Batch | GroupedBatch, ctx: DistContext) -> torch.Tensor:
+    _, logits, _ = forward_batch(model, batch.to(ctx.device))
     return torch.sigmoid(logits.float()).cpu()
 
 
@@ -74,6 +82,7 @@ class _Job:
     batch_size: int
     passthrough: list[str]
     record: dict[str, Any]  # the job record (input, checkpoint identity, passthrough)
+    grouped: bool = True  # rows of a batch that share their histories share one encoding (history_groups)
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class _Plan:
 
 def _check_passthrough(units: list[Unit], passthrough: list[str]) -> None:
     for col in passthrough:
-        schema = pq.ParquetFile(units[0].file).schema_arrow
+        schema = open_parquet(units[0].file).schema_arrow
         if col not in schema.names:
             raise InputError(
                 f"passthrough column '{col}' is not in the input.",
@@ -133,13 +142,16 @@ class _UnitLoader:
             dict.fromkeys([*self.converter.columns, spec.candidate.domain_column, *job.passthrough])
         )
         self.batch_size = job.batch_size
+        self.spec, self.grouped = spec, job.grouped
 
-    def __call__(self, unit: Unit) -> tuple[pa.Table, list[tuple[Batch, int]]]:
+    def __call__(self, unit: Unit) -> tuple[pa.Table, list[tuple[Batch | GroupedBatch, int]]]:
         """A unit's table and its ready batches with their real row counts."""
         table = read_unit(unit, self.columns)
         block = self.converter.convert(table, str(unit))
         size = self.batch_size
         cuts = [block.slice(lo, lo + size) for lo in range(0, len(block), size)]
+        if self.grouped:
+            return table, [(grouped_batch(c, self.spec, size), len(c)) for c in cuts]
         return table, [(c.to_batch(*self.keys, size), len(c)) for c in cuts]
 
 
@@ -211,17 +223,20 @@ def score(
     batch_size: int = 4096,
     passthrough: list[str] | None = None,
     overwrite: bool = False,
+    grouped: bool = True,
 ) -> ScoreResult:
     """Score every row of ``input_path`` (a Parquet file or folder; labels not needed) into ``output``.
 
     Output columns: the spec's row id, ``domain`` (the candidate's domain), ``score`` (float32 click
     probability), then the ``passthrough`` columns, in input order within each unit. An output folder
     written with another checkpoint, input or passthrough list is an InputError unless ``overwrite``
-    (then it is cleared first).
+    (then it is cleared first). With ``grouped`` (the default), the rows of a batch that share their
+    histories share one history encoding (:mod:`crossrank.pipeline.reading.history_groups`; the scores
+    equal the row-by-row path's to float rounding); ``grouped=False`` encodes every row's history itself.
     """
     spec, cols = loaded.spec, list(passthrough or [])
     record = output_folder.job_record(loaded.checkpoint, input_path, cols)
-    job = _Job(spec, loaded.sharded.model, ctx, Path(output), batch_size, cols, record)
+    job = _Job(spec, loaded.sharded.model, ctx, as_path(output), batch_size, cols, record, grouped)
     plan = _plan(job, input_path, overwrite)
     bar = tqdm(
         total=sum(u.num_rows for u in plan.todo),
@@ -257,14 +272,23 @@ def run_score(
     batch_size: int,
     passthrough: list[str],
     overwrite: bool = False,
+    grouped: bool = True,
 ) -> ScoreResult:
     """The ``crossrank score`` job (one rank of possibly many)."""
+    check_shared_storage(output, "--output")  # a job of several nodes writes one output folder
     ctx = init_distributed()
     path = resolve_checkpoint(checkpoint)
-    _check_before_loading(path, input_path, Path(output), passthrough, overwrite)
+    _check_before_loading(path, input_path, as_path(output), passthrough, overwrite)
     loaded = load_for_inference(checkpoint, ctx)  # resolves it again, and says which one it uses
     result = score(
-        loaded, input_path, output, ctx, batch_size=batch_size, passthrough=passthrough, overwrite=overwrite
+        loaded,
+        input_path,
+        output,
+        ctx,
+        batch_size=batch_size,
+        passthrough=passthrough,
+        overwrite=overwrite,
+        grouped=grouped,
     )
     if ctx.is_main:
         removed = f", {result.parts_removed} stale part(s) removed" if result.parts_removed else ""

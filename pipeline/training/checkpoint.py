@@ -17,6 +17,12 @@ only then is the old one removed (a crash between the renames leaves the old one
 then still counts). Leftovers of crashed writes, and checkpoints beyond ``keep``, are removed at the next
 save; a folder that cannot be removed is reported on stderr, not ignored.
 
+On an object store (``run_dir: s3://...``; :mod:`crossrank.features.storage`), which has no rename, DCP's
+``FsspecWriter`` writes the shards in place at ``step-...``, and ``meta.json``, written last by rank 0 once
+every rank has finished, is the commit: "latest" is the highest step whose ``meta.json`` exists, exactly as
+locally. A re-save of a step first removes the old copy's ``meta.json``, so a crash mid-write leaves an
+incomplete folder (ignored, removed at the next save) and "latest" falls back to the previous checkpoint.
+
 Before DCP reads a checkpoint, :func:`check_checkpoint_files` checks ``.metadata`` and the size of every
 shard file it names, so a damaged checkpoint is one :class:`InputError` naming the file (no DCP traceback);
 a shard whose bytes are corrupt is reported with its name as well.
@@ -38,6 +44,7 @@ import pickle
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -49,6 +56,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FileSystem as FsspecFileSystem
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
@@ -59,6 +68,16 @@ from tqdm import tqdm
 
 from crossrank.features.errors import InputError
 from crossrank.features.spec import copy_spec
+from crossrank.features.storage import (
+    ObjectPath,
+    as_path,
+    cache_dir,
+    copy_file,
+    is_remote,
+    rmtree,
+    upload_tree,
+    write_bytes_atomic,
+)
 from crossrank.pipeline.core.atomic import fsync_path
 from crossrank.pipeline.core.distributed import DistContext, all_reduce_max
 
@@ -121,14 +140,18 @@ class SafeFileSystemReader(FileSystemReader):
     :class:`InputError` naming it. Tensor data is read by DCP with ``weights_only=True``."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(path)
+        location = as_path(path)
+        super().__init__(location if not is_remote(location) else str(location))
+        if is_remote(location):  # DCP's fsspec file system (what FsspecReader sets up)
+            self.fs = FsspecFileSystem()  # type: ignore[assignment]
+            self.path = self.fs.init_path(str(location))
         self._metadata: Metadata | None = None
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         """The checkpoint's global metadata (crossrank never writes DCP's rank-local ones, so ``rank`` is
         ignored); raises OSError or UnpicklingError when it is missing or not DCP metadata."""
         if self._metadata is None:
-            with open(Path(self.checkpoint_id) / METADATA_FILE, "rb") as f:
+            with (as_path(str(self.checkpoint_id)) / METADATA_FILE).open("rb") as f:
                 metadata = _RestrictedUnpickler(io.BytesIO(f.read())).load()
             if not isinstance(metadata, Metadata):
                 raise pickle.UnpicklingError("checkpoint metadata is not DCP Metadata")
@@ -152,7 +175,7 @@ class SafeFileSystemReader(FileSystemReader):
                 raise InputError(
                     f"cannot load the checkpoint: its shard file {name} is damaged "
                     f"({type(e).__name__}: {str(e).split('. ')[0]}).",
-                    where=str(Path(self.checkpoint_id) / name),
+                    where=str(as_path(str(self.checkpoint_id)) / name),
                     fix=_DAMAGED_FIX,
                 ) from None
         fut: Future[None] = Future()
@@ -169,7 +192,7 @@ def check_checkpoint_files(path: str | Path) -> SafeFileSystemReader:
     """A reader for the checkpoint at ``path`` whose metadata is read, after checking that ``.metadata``
     parses and that every shard file it names is there and long enough; else an InputError naming the file
     (a truncated or deleted file is found here, before DCP reads anything)."""
-    path = Path(path)
+    path = as_path(path)
     reader = SafeFileSystemReader(path)
     if not (path / METADATA_FILE).is_file():
         raise InputError(
@@ -251,12 +274,12 @@ class _Writer(FileSystemWriter):
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return as_path(run_dir) / "checkpoints"
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """A checkpoint's ``meta.json``, or an InputError naming the file."""
-    meta = Path(path) / "meta.json"
+    meta = as_path(path) / "meta.json"
     try:
         data = json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -273,7 +296,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def is_complete(path: str | Path) -> bool:
     """Whether ``path`` is a finished checkpoint folder: its ``meta.json`` (written last) exists and parses."""
     try:
-        json.loads((Path(path) / "meta.json").read_text())
+        json.loads((as_path(path) / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return True
@@ -312,8 +335,8 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
     """The run's complete ``best`` checkpoint, or ``None``. A crash between the two renames of a swap leaves
     the previous best at ``.old-best``, which then still counts."""
     for name in (BEST_DIR, _OLD_BEST):
-        if is_complete(Path(run_dir) / name):
-            return Path(run_dir) / name
+        if is_complete(as_path(run_dir) / name):
+            return as_path(run_dir) / name
     return None
 
 
@@ -321,7 +344,7 @@ def resolve_checkpoint(path: str | Path, prefer_best: bool = True) -> Path:
     """What a checkpoint argument names: a checkpoint folder itself; a run folder: its ``best`` checkpoint if
     it is complete (with ``prefer_best``; a resume passes ``False``), else its latest; a run's
     ``checkpoints`` folder: its latest."""
-    p = Path(path)
+    p = as_path(path)
     if (p / "meta.json").is_file():
         return p
     if p.is_dir() and (
@@ -343,7 +366,7 @@ def resolve_checkpoint(path: str | Path, prefer_best: bool = True) -> Path:
 
 def describe_checkpoint(given: str | Path, resolved: Path) -> str:
     """Which checkpoint :func:`resolve_checkpoint` chose for ``given`` and why, in one line."""
-    if Path(given) == resolved:
+    if as_path(given) == resolved:
         return f"checkpoint {resolved}"
     if resolved.name in (BEST_DIR, _OLD_BEST):
         meta = read_meta(resolved)
@@ -423,29 +446,34 @@ def save_checkpoint(
         spec_path: the feature spec, copied into the checkpoint.
         keep: complete checkpoints to keep (older ones are deleted; a failure to delete is reported).
 
-    A full disk is an InputError on every rank, and the temporary folder is removed.
+    A full disk is an InputError on every rank, and the temporary folder is removed. On an object store (no
+    rename) the checkpoint is written in place at ``step-N`` and committed by its ``meta.json``, written last;
+    an earlier copy of the step is uncommitted (its ``meta.json`` removed) and removed first.
     """
     root = checkpoint_root(run_dir)
     final = root / f"step-{step:09d}"
-    tmp = root / f".tmp-step-{step:09d}"
+    remote = is_remote(root)
+    tmp = final if remote else root / f".tmp-step-{step:09d}"
     if ctx.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash of an earlier attempt
-        tmp.mkdir(parents=True)
+        if remote:
+            (tmp / "meta.json").unlink(missing_ok=True)  # uncommit first: never a complete-looking mix
+        rmtree(tmp, ignore_errors=True)  # left by a crash of an earlier attempt
+        tmp.mkdir(parents=True, exist_ok=remote)
     _barrier(ctx)
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
     error: BaseException | None = None
     try:
-        dcp.save(state, storage_writer=_Writer(tmp))
-        np.save(tmp / f"rng-rank{ctx.rank}.npy", torch.get_rng_state().numpy())
+        dcp.save(state, storage_writer=FsspecWriter(str(tmp)) if remote else _Writer(tmp))
+        _save_rng(tmp / f"rng-rank{ctx.rank}.npy", torch.get_rng_state().numpy())
     except (OSError, CheckpointException) as e:
         error = e
     if _all_ok(error, ctx) and ctx.is_main:
         error = _finish(tmp, final, spec_path, {**meta, "step": step, "world_size": ctx.world_size})
     if not _all_ok(error, ctx):
         if ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            rmtree(tmp, ignore_errors=True)
         raise _write_error(tmp, error)
     if ctx.is_main:
         _rotate(root, keep)
@@ -454,18 +482,43 @@ def save_checkpoint(
 
 
 def _finish(tmp: Path, final: Path, spec_path: str, meta: dict[str, Any]) -> OSError | None:
-    """Rank 0's part once every rank's shards are written: the spec, ``meta.json`` (last), the commit."""
+    """Rank 0's part once every rank's shards are written: the spec, ``meta.json`` (last), the commit (on an
+    object store ``tmp`` is ``final``, and ``meta.json`` is the commit)."""
     try:
-        copy_spec(spec_path, tmp)  # with its vocabulary files: a vocab's lines are part of the model
+        _copy_spec(spec_path, tmp)  # with its vocabulary files: a vocab's lines are part of the model
         _write_meta(tmp, meta)
-        _commit(tmp, final)
+        if tmp != final:
+            _commit(tmp, final)
     except OSError as e:
         return e
     return None
 
 
+def _copy_spec(spec_path: str, folder: Path) -> None:
+    """The spec and its vocabulary files into a checkpoint folder (remote: through a local staging copy)."""
+    if not is_remote(folder):
+        copy_spec(spec_path, folder)
+        return
+    with tempfile.TemporaryDirectory(dir=cache_dir("stage")) as stage:
+        copy_spec(spec_path, Path(stage))
+        upload_tree(Path(stage), folder)
+
+
+def _save_rng(path: Path, state: np.ndarray) -> None:
+    """A rank's RNG state as a ``.npy`` file (one upload on an object store)."""
+    if not isinstance(path, ObjectPath):
+        np.save(path, state)
+        return
+    buffer = io.BytesIO()
+    np.save(buffer, state)
+    write_bytes_atomic(buffer.getvalue(), path)
+
+
 def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
     """``folder/meta.json``, replaced atomically (a reader sees the old or the new one, never a part)."""
+    if isinstance(folder, ObjectPath):  # one upload: atomic on an object store
+        write_bytes_atomic(json.dumps(meta, indent=2).encode(), folder / "meta.json")
+        return
     tmp = folder / "meta.json.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(meta, indent=2))
@@ -492,7 +545,7 @@ def _commit(tmp: Path, final: Path) -> None:
 def _remove(folder: Path, what: str) -> None:
     """Remove ``folder``; a failure is a warning line on stderr naming it (the run goes on)."""
     try:
-        shutil.rmtree(folder)
+        rmtree(folder)
     except OSError as e:
         tqdm.write(
             f"crossrank: warning: could not remove {what} {folder} ({e.strerror or e}); it stays on disk. "
@@ -508,7 +561,10 @@ def _rotate(root: Path, keep: int) -> None:
         _remove(old, "old checkpoint")
     kinds = _step_folders(root)
     complete = {step for step, d in kinds["final"] if is_complete(d)}
-    for _, d in kinds["tmp"]:
+    # On an object store an unfinished checkpoint is a step-N without meta.json (saves are collective: none
+    # is being written while rank 0 rotates).
+    unfinished = [d for step, d in kinds["final"] if step not in complete] if is_remote(root) else []
+    for d in [d for _, d in kinds["tmp"]] + unfinished:
         _remove(d, "the unfinished checkpoint")
     for step, d in kinds["old"]:
         if step in complete:
@@ -523,6 +579,9 @@ def update_meta(path: Path, changes: dict[str, Any], ctx: DistContext) -> None:
 
 
 def _copy_file(src: Path, dst: Path) -> None:
+    if is_remote(dst):
+        copy_file(src, dst)
+        return
     shutil.copy2(src, dst)
     fsync_path(dst)
 
@@ -530,7 +589,7 @@ def _copy_file(src: Path, dst: Path) -> None:
 def _copy_checkpoint(src: Path, dst: Path, changes: dict[str, Any]) -> None:
     """Copy a checkpoint folder to a new folder ``dst``, every file fsynced, ``meta.json`` (with
     ``changes`` merged in) last."""
-    dst.mkdir(parents=True)
+    dst.mkdir(parents=True, exist_ok=is_remote(dst))
     for f in sorted(src.rglob("*")):
         target = dst / f.relative_to(src)
         if f.is_dir():
@@ -538,7 +597,7 @@ def _copy_checkpoint(src: Path, dst: Path, changes: dict[str, Any]) -> None:
         elif f.relative_to(src).as_posix() not in ("meta.json", "meta.json.tmp"):
             _copy_file(f, target)
     _write_meta(dst, {**read_meta(src), **changes})
-    for d in [dst, *(d for d in dst.rglob("*") if d.is_dir())]:
+    for d in [] if is_remote(dst) else [dst, *(d for d in dst.rglob("*") if d.is_dir())]:
         fsync_path(d)
 
 
@@ -546,10 +605,16 @@ def promote_best(run_dir: str | Path, checkpoint: Path, changes: dict[str, Any],
     """Make a written checkpoint the run's ``best`` (collective; rank 0 copies). The copy goes to
     ``.tmp-best`` (fsynced, ``meta.json`` last, with ``changes`` merged in), then the old best is renamed
     to ``.old-best``, the copy to ``best``, and the old one removed: a crash at any point leaves a complete
-    best (:func:`best_checkpoint` falls back to ``.old-best`` between the renames)."""
-    run = Path(run_dir)
+    best (:func:`best_checkpoint` falls back to ``.old-best`` between the renames). On an object store (no
+    rename) the old best is uncommitted (its ``meta.json`` removed) and replaced in place: a crash mid-copy
+    leaves no best until the next round, and ``--checkpoint RUN`` falls back to the latest checkpoint."""
+    run = as_path(run_dir)
     final, tmp, old = run / BEST_DIR, run / _TMP_BEST, run / _OLD_BEST
-    if ctx.is_main:
+    if ctx.is_main and is_remote(run):
+        (final / "meta.json").unlink(missing_ok=True)
+        rmtree(final, ignore_errors=True)
+        _copy_checkpoint(checkpoint, final, changes)
+    elif ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash of an earlier copy
         _copy_checkpoint(checkpoint, tmp, changes)
         if is_complete(final):
@@ -570,7 +635,7 @@ def load_checkpoint(
     """Load a checkpoint into a freshly built (and sharded, for any world size and plan) model and optimizer;
     DCP reshards as needed. Returns its ``meta.json``. A damaged checkpoint (a missing, truncated or
     unreadable file) is one InputError naming the file."""
-    path = Path(path)
+    path = as_path(path)
     meta = read_meta(path)
     reader = check_checkpoint_files(path)
     state: dict[str, Any] = {"model": model.state_dict()}
@@ -605,7 +670,7 @@ def load_checkpoint(
 def _read_rng(path: Path) -> torch.Tensor:
     """A rank's saved RNG state, or an InputError naming the file (without it a resume is not exact)."""
     try:
-        state = np.load(path, allow_pickle=False)
+        state = np.load(io.BytesIO(path.read_bytes()) if is_remote(path) else path, allow_pickle=False)
         if state.dtype != np.uint8 or state.ndim != 1:
             raise ValueError(f"an array of {state.dtype}, not the uint8 RNG state")
     except (OSError, ValueError, EOFError) as e:

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from crossrank.features.errors import InputError
+from crossrank.features.storage import as_path
 from crossrank.models.fusion import FUSIONS, GATE_ACTS, PLACEMENTS
 from crossrank.models.ranker import RankerConfig
 from crossrank.models.sequence import SEQUENCE_ENCODERS
@@ -22,6 +23,10 @@ SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 # ``{date}`` or ``{date-N}`` (N days before data.date) in paths of a scheduled job.
 # Validation metrics that can pick the best checkpoint, and whether higher is better.
 SELECT_METRICS: dict[str, bool] = {"auc": True, "ne": False, "logloss": False}
+# Settings that were replaced, and what to write instead (an old config gets this as its error's fix).
+RENAMED = {
+    "shuffle_units": "use data.shuffle_buffer_mb (MB of rows mixed per rank; the default mixes a whole ml-1m share)"
+}
 DATE_TEMPLATE = re.compile(r"\{date(?:-(\d+))?\}")
 
 
@@ -36,7 +41,9 @@ class DataConfig:
             are filled from ``date``, e.g. ``events/date={date}``.
         batch_size: rows per batch per rank.
         eval_batch_size: rows per batch per rank in evaluation.
-        shuffle_units: row groups mixed together when shuffling training rows.
+        shuffle_buffer_mb: memory (MB per rank) of mapped training rows mixed together each epoch: units
+            (row groups) are read in a random order into the buffer, whose rows are then yielded in a random
+            order. At the default (1 GiB) a rank's share of ml-1m fits, so each epoch is a full permutation.
         ranking: the sampled ranking protocol's data (``crossrank prepare ranking``), for HR@10 / NDCG@10.
         ranking_group_size: rows per ranking group (1 positive + negatives).
         date: the day a scheduled job runs for (``YYYY-MM-DD``); fills ``{date}`` / ``{date-N}`` in the data
@@ -49,7 +56,7 @@ class DataConfig:
     test: str | list[str] = ""
     batch_size: int = 512
     eval_batch_size: int = 2048
-    shuffle_units: int = 4
+    shuffle_buffer_mb: float = 1024
     ranking: str = ""
     ranking_group_size: int = 100
     date: str = ""
@@ -64,6 +71,8 @@ class TrainConfig:
         max_steps: stop each epoch after this many steps (0: no limit), for smoke runs.
         sparse_optimizer: fused in-backward optimizer of the embedding tables.
         sparse_lr / dense_lr: learning rates (dense: Adam).
+        sparse_weight_decay: L2 penalty of the embedding rows a step touches (in the fused optimizer).
+        dense_weight_decay: decoupled weight decay of the dense parameters (AdamW instead of Adam when > 0).
         seed: seeds weights and shuffling.
         log_every: progress bar update interval in steps.
         checkpoint_every: write a checkpoint every N steps (0: only at the end); always one at the end.
@@ -88,6 +97,8 @@ class TrainConfig:
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
     dense_lr: float = 1e-3
+    sparse_weight_decay: float = 0.0
+    dense_weight_decay: float = 0.0
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 0
@@ -155,6 +166,12 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         raise InputError(f"section '{where}' must be a mapping.", fix="see configs/demo.yaml.")
     hints = get_type_hints(cls)
     unknown = set(raw) - set(hints)
+    renamed = {k: RENAMED[k] for k in unknown if k in RENAMED}
+    if renamed:
+        raise InputError(
+            f"key(s) {sorted(renamed)} in section '{where}' were replaced.",
+            fix="; ".join(f"{old}: {new}" for old, new in sorted(renamed.items())) + ".",
+        )
     if unknown:
         raise InputError(
             f"unknown key(s) {sorted(unknown)} in section '{where}'.", fix=f"allowed keys: {sorted(hints)}."
@@ -179,7 +196,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: dict[str, Any] = {}
     where = str(path) if path else "<defaults>"
     if path is not None:
-        p = Path(path)
+        p = as_path(path)  # a local path or a URI (s3://..., crossrank.features.storage)
         if not p.is_file():
             raise InputError(
                 "config file not found.", where=where, fix="pass --config PATH to a YAML job config."
@@ -291,7 +308,7 @@ def _validate(cfg: JobConfig, where: str) -> None:
             bad(f"data.{name} must be >= 1.", f"set data.{name}.")
     if cfg.train.epochs < 1:
         bad("train.epochs must be >= 1.", "set train.epochs.")
-    for name in ("early_stop_patience", "validate_every"):
+    for name in ("early_stop_patience", "validate_every", "sparse_weight_decay", "dense_weight_decay"):
         if getattr(cfg.train, name) < 0:
             bad(f"train.{name} must be >= 0.", f"set train.{name} (0 turns it off).")
     if cfg.train.select_metric not in SELECT_METRICS and not cfg.train.select_metric.startswith("auc/"):

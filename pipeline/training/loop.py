@@ -21,12 +21,20 @@ from tqdm import tqdm
 from crossrank.features.errors import InputError
 from crossrank.features.files import DataPaths
 from crossrank.features.spec import FeatureSpec, load_spec
+from crossrank.features.storage import as_path
 from crossrank.pipeline.core.atomic import write_json_atomic
-from crossrank.pipeline.core.distributed import DistContext, all_reduce_max, init_distributed
+from crossrank.pipeline.core.distributed import (
+    DistContext,
+    all_gather_cat,
+    all_reduce_max,
+    check_shared_storage,
+    init_distributed,
+)
 from crossrank.pipeline.evaluation.metrics import format_metrics_table, latest_tables
 from crossrank.pipeline.evaluation.predict import evaluate, evaluate_ranking
 from crossrank.pipeline.reading.batch import Batch
 from crossrank.pipeline.reading.oov import epoch_oov_check
+from crossrank.pipeline.reading.prefetch import Prefetcher
 from crossrank.pipeline.reading.reader import ParquetBatchReader
 from crossrank.pipeline.training.checkpoint import (
     BEST_DIR,
@@ -39,6 +47,7 @@ from crossrank.pipeline.training.checkpoint import (
     update_meta,
 )
 from crossrank.pipeline.training.config import SELECT_METRICS, JobConfig
+from crossrank.pipeline.training.global_loss import GlobalMeanLoss
 from crossrank.pipeline.training.sharding import ShardedRanker, build_sharded_model, describe_plan
 from crossrank.pipeline.training.tensorboard import Board, open_board
 from crossrank.pipeline.training.warm_start import warm_start
@@ -123,7 +132,7 @@ def split_reader(
             world_size=ctx.world_size,
             shuffle=shuffle,
             seed=cfg.train.seed,
-            shuffle_units=cfg.data.shuffle_units,
+            shuffle_buffer_mb=cfg.data.shuffle_buffer_mb,
         )
     except InputError as e:
         what = f"{e.what.rstrip('.')} (data.{split})."
@@ -189,6 +198,8 @@ class Trainer:
         self.saved: tuple[Path, int] | None = None  # this run's checkpoint of the latest state, and its step
         self.due: int | None = None  # the resumed checkpoint was written for this epoch's round, not yet run
         self.board = Board()  # opened by fit()
+        self.step_s, self.real_rows = 0.0, 0  # time in training steps and real rows trained (this rank)
+        self.loss_scales = GlobalMeanLoss.gather(splits.train.num_rows, cfg.data.batch_size, ctx)
 
     def announce(self) -> None:
         if self.ctx.is_main:
@@ -226,7 +237,7 @@ class Trainer:
         saved, result = meta["result"], self.result
         result.rounds, result.best = saved.get("rounds", []), saved.get("best")
         if result.best is not None:  # the run folder may have moved (e.g. mounted elsewhere on a restart)
-            result.best["path"] = str(Path(self.cfg.run_dir) / BEST_DIR)
+            result.best["path"] = str(as_path(self.cfg.run_dir) / BEST_DIR)
         result.rounds_without_improvement = saved.get("rounds_without_improvement", 0)
         if result.best is not None and result.best["metric"] != self.cfg.train.select_metric:
             result.best, result.rounds_without_improvement = None, 0  # select_metric changed: start over
@@ -307,7 +318,9 @@ class Trainer:
         """Close a logging window: mean loss, throughput and the batch's |cos(X, X')|."""
         _, _, _, weights, _, ortho = outputs
         result = self.result
-        result.loss_curve.append(sum(self.window) / len(self.window))
+        # A window in which this rank had only padding rows repeats the last point (nan before any).
+        last = result.loss_curve[-1] if result.loss_curve else float("nan")
+        result.loss_curve.append(sum(self.window) / len(self.window) if self.window else last)
         self.window.clear()
         samples = (step + 1 - run.skip) * self.cfg.data.batch_size * self.ctx.world_size
         rate = samples / (time.perf_counter() - run.t0)
@@ -349,7 +362,9 @@ class Trainer:
         re-attaches it and refills the pipeline. Stops after a round that ends the run early."""
         steps = self.epoch_steps()
         skip = self.start_step if epoch == self.start_epoch else 0
-        batches: Iterator[Batch] = iter(self.splits.train.batches(epoch=epoch, num_batches=steps, skip=skip))
+        # Read and converted in a background thread, overlapping the steps (benchmarks/train_throughput.py).
+        read = Prefetcher(self.splits.train.batches(epoch=epoch, num_batches=steps, skip=skip))
+        batches: Iterator[Batch] = iter(self.loss_scales.apply(read, first_step=skip))
         bar = tqdm(
             total=steps, initial=skip, desc=f"epoch {epoch}", disable=not self.ctx.is_main, mininterval=1.0
         )
@@ -364,6 +379,7 @@ class Trainer:
                 self.validation_round(epoch, (epoch, end))
                 if self.result.stopped_early:
                     break
+        read.close()  # an early stop leaves batches read ahead
         bar.close()
         stats = self.splits.train.stats  # OOV ids so far, over all ranks: printed, held to max_oov_fraction
         epoch_oov_check(
@@ -377,8 +393,14 @@ class Trainer:
         (not at the segment's last step: a validation round or the epoch's end checkpoints there)."""
         cfg, result = self.cfg, self.result
         for step in steps:
+            t_step = time.perf_counter()
             outputs = pipeline.progress(batches)
-            self.window.append(float(outputs[0]))  # this rank's loss: enough for progress, no collective
+            self.step_s += time.perf_counter() - t_step  # steps only: no validation, no checkpoint
+            self.real_rows += int((outputs[3] > 0).sum())  # weights: padding rows are not samples
+            # This rank's own mean loss: an estimate of the step's that needs no collective (the validation
+            # rounds give exact figures); a rank with only padding rows has none.
+            own = self.loss_scales.rank_mean(float(outputs[0]), step)
+            self.window.extend([] if own is None else [own])
             result.steps += 1
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == run.steps:
                 run.bar.set_postfix(self.log_point(step, run, outputs))
@@ -419,7 +441,7 @@ class Trainer:
         improved = _improves(value, result.best, SELECT_METRICS.get(train.select_metric, True))
         step = result.steps
         if improved:
-            path = str(Path(self.cfg.run_dir) / BEST_DIR)
+            path = str(as_path(self.cfg.run_dir) / BEST_DIR)
             result.best = {
                 "metric": train.select_metric,
                 "value": value,
@@ -488,8 +510,11 @@ class Trainer:
             if not result.stopped_early:
                 self.validation_round(epoch, (epoch + 1, 0))
         result.wall_s = self.prior_wall + time.perf_counter() - self.start
-        samples = result.steps * cfg.data.batch_size * self.ctx.world_size
-        result.samples_per_s = samples / max(result.wall_s, 1e-9)
+        # Real rows of all ranks over the slowest rank's step time (this run's steps, not a resumed past).
+        counts = all_gather_cat(
+            torch.tensor([[float(self.real_rows), self.step_s]], dtype=torch.float64), self.ctx
+        )
+        result.samples_per_s = float(counts[:, 0].sum() / counts[:, 1].max().clamp(min=1e-9))
         if self.current_checkpoint() is None:
             self.checkpoint(*self.position)
 
@@ -512,7 +537,7 @@ class Trainer:
         self.board.close()
         if not self.ctx.is_main:
             return
-        result, run_dir = self.result, Path(self.cfg.run_dir)
+        result, run_dir = self.result, as_path(self.cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         write_json_atomic(result.__dict__, run_dir / "metrics.json")
@@ -526,6 +551,7 @@ class Trainer:
 
 def train(cfg: JobConfig) -> TrainResult:
     """Run a training job in this process (one rank of possibly many); returns the same result on every rank."""
+    check_shared_storage(cfg.run_dir, "run_dir")  # a job of several nodes needs one shared run folder
     ctx = init_distributed()
     spec = load_spec(cfg.data.spec)
     splits = Splits.open(cfg, spec, ctx)

@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 from torchrec.distributed.sharding_plan import get_default_sharders
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -65,7 +67,10 @@ def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> 
     opt_cls, opt_kwargs = SPARSE_OPTIMIZER_CLASSES[cfg.train.sparse_optimizer]
     # Every TorchRec table (features and interest memories) gets the fused sparse optimizer.
     sparse_params = [p for m in embedding_modules(ranker) for p in m.parameters()]
-    apply_optimizer_in_backward(opt_cls, sparse_params, {"lr": cfg.train.sparse_lr, **opt_kwargs})
+    sparse_kwargs = {"lr": cfg.train.sparse_lr, **opt_kwargs}
+    if cfg.train.sparse_weight_decay:
+        sparse_kwargs["weight_decay"] = cfg.train.sparse_weight_decay
+    apply_optimizer_in_backward(opt_cls, sparse_params, sparse_kwargs)
 
     planner = EmbeddingShardingPlanner(
         topology=TopologyFactory.create_topology(
@@ -75,15 +80,39 @@ def build_sharded_model(spec: FeatureSpec, cfg: JobConfig, ctx: DistContext) -> 
         batch_size=cfg.data.batch_size,
         storage_reservation=FixedPercentageStorageReservation(STORAGE_RESERVATION),
     )
-    sharders = get_default_sharders()
+    sharders = _sharders(cfg)
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan, sharders=sharders)
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(dmp.named_parameters())),
-        lambda ps: torch.optim.Adam(ps, lr=cfg.train.dense_lr),
+        lambda ps: _dense_optimizer(ps, cfg),
     )
     optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
     return ShardedRanker(dmp, optimizer, plan, params, ranker.orthogonality_directions)
+
+
+def _sharders(cfg: JobConfig) -> list[ModuleSharder[torch.nn.Module]]:
+    """TorchRec's default sharders. With ``train.sparse_weight_decay`` the table sharders also pass fbgemm
+    the L2 weight-decay mode: the optimizer's ``weight_decay`` alone reaches fbgemm with its mode at NONE,
+    i.e. ignored."""
+    sharders = get_default_sharders()
+    if not cfg.train.sparse_weight_decay:
+        return sharders
+    from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
+
+    fused = {"weight_decay_mode": WeightDecayMode.L2}
+    own: dict[type, ModuleSharder[Any]] = {
+        EmbeddingBagCollectionSharder: EmbeddingBagCollectionSharder(fused_params=fused),
+        EmbeddingCollectionSharder: EmbeddingCollectionSharder(fused_params=fused),
+    }
+    return [own.get(type(s), s) for s in sharders]
+
+
+def _dense_optimizer(params: Any, cfg: JobConfig) -> torch.optim.Optimizer:
+    """Adam, or AdamW (decoupled weight decay) when ``train.dense_weight_decay`` is set."""
+    if cfg.train.dense_weight_decay:
+        return torch.optim.AdamW(params, lr=cfg.train.dense_lr, weight_decay=cfg.train.dense_weight_decay)
+    return torch.optim.Adam(params, lr=cfg.train.dense_lr)
 
 
 def _raised_by_model_checks(e: ValueError) -> bool:

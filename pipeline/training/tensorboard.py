@@ -8,14 +8,21 @@ Row counts are left out.
 A resumed run appends to the same folder: its writer starts with a purge step one past the checkpoint's
 step, so TensorBoard drops what the interrupted run logged after that checkpoint (the board is flushed at
 every checkpoint, so everything up to it is on disk).
+
+A remote run folder (``s3://...``): TensorBoard's writer writes local files only, so the event files go to a
+local cache folder (``$CROSSRANK_CACHE/tensorboard/...``) and are uploaded to ``RUN_DIR/tensorboard`` at each
+flush (every checkpoint) and at the end, whole files (an object cannot be appended to). Copy them down to
+view them (``aws s3 sync``), or give ``tensorboard --logdir`` the URI where its build reads one.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from crossrank.features.errors import InputError
+from crossrank.features.storage import as_path, cache_dir, cache_key, copy_file, is_remote
 from crossrank.pipeline.core.distributed import DistContext
 
 TENSORBOARD_DIR = "tensorboard"
@@ -35,8 +42,9 @@ class Board:
         board.close()
     """
 
-    def __init__(self, writer: Any = None) -> None:
+    def __init__(self, writer: Any = None, upload_to: Path | None = None) -> None:
         self._writer = writer
+        self._upload_to = upload_to  # the remote folder the local event files are copied to
 
     @property
     def enabled(self) -> bool:
@@ -60,12 +68,21 @@ class Board:
         """Write what is queued to disk (called at each checkpoint)."""
         if self._writer is not None:
             self._writer.flush()
+            self._upload()
 
     def close(self) -> None:
         """Flush and close the event file; the board is a no-op afterwards."""
         if self._writer is not None:
             self._writer.close()
+            self._upload()
             self._writer = None
+
+    def _upload(self) -> None:
+        """Copy the local event files to the remote run folder (whole files: an object cannot be appended)."""
+        if self._writer is not None and self._upload_to is not None:
+            local = Path(self._writer.log_dir)
+            for f in sorted(local.iterdir()):
+                copy_file(f, self._upload_to / f.name)
 
 
 def open_board(run_dir: str | Path, enabled: bool, ctx: DistContext, purge_step: int) -> Board:
@@ -87,4 +104,9 @@ def open_board(run_dir: str | Path, enabled: bool, ctx: DistContext, purge_step:
             f"train.tensorboard is on but TensorBoard cannot be imported ({e}).",
             fix="pip install tensorboard (make install does), or set train.tensorboard=false.",
         ) from None
-    return Board(SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step))
+    target = as_path(run_dir) / TENSORBOARD_DIR
+    if not is_remote(target):
+        return Board(SummaryWriter(log_dir=str(target), purge_step=purge_step))
+    local = cache_dir("tensorboard", cache_key(target))
+    shutil.rmtree(local)  # this process's event files only: an earlier run's are in the run folder already
+    return Board(SummaryWriter(log_dir=str(local), purge_step=purge_step), upload_to=target)

@@ -26,8 +26,9 @@ Generative story:
 * Split by time: ``t < 0.8`` train, ``0.8 <= t < 0.9`` valid, ``t >= 0.9`` test.
 
 Scale: users are generated in blocks (bounded by their number of events) and a block's rows in
-chunks (bounded by their history values), so memory does not grow with ``rows`` or ``users``
-except for the per-row (probability, label) pairs kept for the oracle AUC (5 bytes a row). Users
+chunks (bounded by their history values), so memory does not grow with ``rows`` (the world's arrays
+grow with ``users``; the oracle AUC is exact up to 2**20 rows per split, then counted in a fixed
+histogram: ``crossrank.pipeline.core.auc.StreamingAuc``). Users
 are i.i.d., so a part file drawn from one block is a representative sample of the whole set.
 
 Modules: ``config`` (``SyntheticConfig`` and its validation), ``world`` (clusters, items, users and the

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from crossrank.pipeline.core.atomic import write_json_atomic
-from crossrank.pipeline.core.auc import roc_auc
+from crossrank.pipeline.core.auc import StreamingAuc, order_keys
 from crossrank.pipeline.core.outdir import check_target, earlier_output, replaced_folder
 from crossrank.pipeline.prepare.synthetic.config import SyntheticConfig
 from crossrank.pipeline.prepare.synthetic.rows import _draw_rows, _Rows, _rows_table, output_schema
@@ -26,17 +26,20 @@ SPLIT_BOUNDS: tuple[int, int] = (800_000_000, 900_000_000)
 
 @dataclass
 class _SplitStats:
-    """What the summary needs of one split's rows: its users, and (probability, label) for the oracle AUC."""
+    """What the summary needs of one split's rows: its users, the row and positive counts, and the oracle
+    AUC's accumulator (bounded memory: exact up to ``EXACT_AUC_ROWS`` rows, then a fixed histogram)."""
 
     users: np.ndarray
-    probs: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)
+    auc: StreamingAuc = field(default_factory=lambda: StreamingAuc(n_groups=1))
+    rows: int = 0
+    positives: int = 0
 
     def add(self, rows: _Rows) -> None:
         """Record rows written to the split."""
         self.users[rows.user] = True
-        self.probs.append(rows.prob)
-        self.labels.append(rows.label)
+        self.auc.add(order_keys(rows.prob), rows.label, np.zeros(rows.label.size, np.int8))
+        self.rows += int(rows.label.size)
+        self.positives += int(rows.label.sum())
 
 
 @dataclass
@@ -189,12 +192,11 @@ def _by_split(rows: _Rows, row_id: np.ndarray) -> Iterator[tuple[str, _Rows, np.
 
 def _split_summary(stats: _SplitStats, parts: int) -> SplitSummary:
     """The summary of one split from its collected statistics."""
-    probs = np.concatenate(stats.probs) if stats.probs else np.empty(0, np.float32)
-    labels = np.concatenate(stats.labels) if stats.labels else np.empty(0, np.int8)
+    n = stats.rows
     return SplitSummary(
-        rows=int(labels.size),
+        rows=n,
         users=int(stats.users.sum()),
-        positive_rate=_json_float(float(labels.mean())) if labels.size else None,
-        oracle_auc=_json_float(roc_auc(probs, labels)) if labels.size else None,
+        positive_rate=_json_float(stats.positives / n) if n else None,
+        oracle_auc=_json_float(stats.auc.local_result()[0]) if n else None,
         parts=parts,
     )

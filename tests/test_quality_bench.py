@@ -1,0 +1,59 @@
+"""benchmarks/quality.py's cache and tables: a run's key changes with anything that decides its result (so a
+cached result is never reused across code, config, data or seed changes), and the paired per-seed
+differences are taken seed by seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench() -> tuple:  # type: ignore[type-arg]
+    sys.path.insert(0, str(BENCH))
+    try:
+        import quality_report
+        import quality_runs
+    finally:
+        sys.path.remove(str(BENCH))
+    return quality_runs, quality_report
+
+
+def test_run_key_changes_with_what_decides_the_result(bench: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    runs, _ = bench
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text(json.dumps({"rows": 10}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\n")
+    run = runs.Run("v", 0, "configs/demo.yaml", data, spec, ("train.epochs=2",))
+    key = runs.run_key(run, "abc")
+    assert runs.run_key(run, "abc") == key
+    assert runs.run_key(run, "abd") != key  # code
+    assert runs.run_key(dataclasses.replace(run, seed=1), "abc") != key
+    assert runs.run_key(dataclasses.replace(run, overrides=("train.epochs=3",)), "abc") != key
+    assert runs.run_key(dataclasses.replace(run, variant="w"), "abc") == key  # a label, not a setting
+    spec.write_text("name: y\n")
+    assert runs.run_key(run, "abc") != key
+    (data / "summary.json").write_text(json.dumps({"rows": 11}))
+    assert runs.run_key(run, "abc") != key
+    assert runs.code_version().split("+")[0]  # the commit, plus a hash when the code has uncommitted changes
+
+
+def test_paired_differences_are_per_seed(bench: tuple) -> None:  # type: ignore[type-arg]
+    _, report = bench
+
+    def result(variant: str, seed: int, auc: float) -> dict:  # type: ignore[type-arg]
+        return {"variant": variant, "seed": seed, "test": {"auc": auc}}
+
+    groups = report.by_variant(
+        [result("base", 0, 0.70), result("base", 1, 0.80), result("new", 1, 0.81), result("new", 0, 0.72)]
+    )
+    line = next(row for row in report.paired_table(groups, "base") if row.startswith("| new"))
+    assert "+0.0200, +0.0100" in line and "0.0150 ± 0.0071" in line and "2/2" in line
