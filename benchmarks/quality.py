@@ -71,7 +71,7 @@ def ml1m_sweep(args: argparse.Namespace) -> list[Run]:
         "mean lr 1e-3/0.3": (spec, ["train.dense_lr=0.001"]),
         "mean lr 3e-3/0.1": (spec, ["train.sparse_lr=0.1"]),
         "mean dim 64": (spec64, []),
-        "elastic K=16": (spec, ["model.sequence_encoder=elastic"]),
+        "elastic (K=8)": (spec, ["model.sequence_encoder=elastic"]),
         "elastic K=4": (spec, ["model.sequence_encoder=elastic", "model.encoder.num_slots=4"]),
     }
     return [Run(n, 0, ML_CONFIG, data, sp, (*CONVERGE, *base, *sets)) for n, (sp, sets) in grid.items()]

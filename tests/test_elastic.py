@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from crossrank.models import attention
-from crossrank.models.attention import SlotMixer, TargetAttention, multihead_attention, recency_buckets
+from crossrank.models.attention import TargetAttention, recency_buckets
 from crossrank.models.baselines import DinEncoder, SelfAttentionEncoder
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder, LinearDispatcher, ProductKeyMemory
 
@@ -285,28 +285,6 @@ def test_uniform_lengths_make_one_view_block_and_skewed_ones_little_padding() ->
     )
     assert padded <= attention.BUCKET_SLACK * events + attention.BUCKET_OVERHEAD_ROWS * len(blocks)
     assert len(blocks) <= 16
-
-
-def test_multihead_attention_equals_torch_multihead_attention() -> None:
-    """The two-matmul attention (SlotMixer, and offered to cross-attention) is nn.MultiheadAttention's
-    function: self- and cross-attention, outputs and gradients."""
-    torch.manual_seed(0)
-    mha = nn.MultiheadAttention(D, 4, batch_first=True)
-    x, y = torch.randn(5, 8, D, requires_grad=True), torch.randn(5, 3, D, requires_grad=True)
-    for kv in (None, y):
-        other = x if kv is None else kv
-        expected = mha(x, other, other, need_weights=False)[0]
-        (g_ref,) = torch.autograd.grad(expected.square().sum(), [x])
-        out = multihead_attention(mha, x, kv)
-        (g,) = torch.autograd.grad(out.square().sum(), [x])
-        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="dropout"):
-        multihead_attention(nn.MultiheadAttention(D, 4, dropout=0.1, batch_first=True), x)
-    mixer = SlotMixer(D, 4)
-    h = mixer.norm1(x)
-    after = x + mixer.attn(h, h, h, need_weights=False)[0]
-    torch.testing.assert_close(mixer(x), after + mixer.ffn(mixer.norm2(after)), atol=1e-6, rtol=1e-5)
 
 
 def test_target_attention_score_is_the_mlp_of_the_concatenation() -> None:

@@ -23,7 +23,7 @@ from crossrank.features.hashing import finalise
 from crossrank.features.spec import FeatureSpec
 from crossrank.models.ranker import CrossDomainRanker
 from crossrank.pipeline.reading.batch import Batch
-from crossrank.pipeline.reading.reader import Block, ParquetBatchReader, jagged_take
+from crossrank.pipeline.reading.reader import Block, ParquetBatchReader, jagged_take, row_offsets
 
 _U = np.uint64
 _POSITION = _U(0x9E3779B97F4A7C15)  # spreads an event's position before it joins its id
@@ -46,12 +46,6 @@ class HistoryGroups:
         return len(self.first)
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
-
-
 def history_hashes(jagged: dict[str, tuple[np.ndarray, np.ndarray]], keys: list[str], n: int) -> np.ndarray:
     """A 64-bit hash of each row's histories ([n] uint64): every key's length and ids, in order.
 
@@ -62,7 +56,7 @@ def history_hashes(jagged: dict[str, tuple[np.ndarray, np.ndarray]], keys: list[
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
         for i, key in enumerate(keys):
             lengths, values = jagged[key]
-            offsets = _offsets(lengths)
+            offsets = row_offsets(lengths)
             position = np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
             events = finalise(values.astype(np.int64).view(_U) + position.view(_U) * _POSITION)
             prefix = np.zeros(len(values) + 1, _U)
@@ -84,7 +78,7 @@ def _differs(
         _, rep_values = jagged_take(lengths, values, same_len)
         prefix = np.zeros(len(values) + 1, np.int64)
         np.cumsum(rep_values != values, out=prefix[1:])
-        offsets = _offsets(lengths)
+        offsets = row_offsets(lengths)
         bad |= prefix[offsets[1:]] > prefix[offsets[:-1]]
     return bad
 

@@ -36,7 +36,8 @@ from crossrank.features.validate import (
 from crossrank.pipeline.reading.batch import Batch
 
 
-def _excl_cumsum(x: np.ndarray) -> np.ndarray:
+def row_offsets(x: np.ndarray) -> np.ndarray:
+    """Offsets of a jagged array's rows into its values from the lengths ``x``: [n + 1], starting at 0."""
     out = np.zeros(len(x) + 1, dtype=np.int64)
     np.cumsum(x, out=out[1:])
     return out
@@ -45,13 +46,13 @@ def _excl_cumsum(x: np.ndarray) -> np.ndarray:
 def jagged_take(
     lengths: np.ndarray, values: np.ndarray, idx: np.ndarray, offsets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``idx`` of a jagged array (lengths, values), vectorised; ``offsets`` (``_excl_cumsum(lengths)``)
+    """Rows ``idx`` of a jagged array (lengths, values), vectorised; ``offsets`` (``row_offsets(lengths)``)
     when the caller has them, so that many small takes from one big block do not rescan its lengths."""
-    offsets = _excl_cumsum(lengths) if offsets is None else offsets
+    offsets = row_offsets(lengths) if offsets is None else offsets
     new_lengths = lengths[idx]
     starts = offsets[:-1][idx]
     total = int(new_lengths.sum())
-    gather = np.repeat(starts - _excl_cumsum(new_lengths)[:-1], new_lengths) + np.arange(total)
+    gather = np.repeat(starts - row_offsets(new_lengths)[:-1], new_lengths) + np.arange(total)
     return new_lengths, values[gather]
 
 
@@ -60,8 +61,8 @@ def keep_last(lengths: np.ndarray, values: np.ndarray, max_len: int) -> tuple[np
     if len(lengths) == 0 or lengths.max(initial=0) <= max_len:
         return lengths, values
     kept = np.minimum(lengths, max_len)
-    starts = _excl_cumsum(lengths)[:-1] + (lengths - kept)
-    gather = np.repeat(starts - _excl_cumsum(kept)[:-1], kept) + np.arange(int(kept.sum()))
+    starts = row_offsets(lengths)[:-1] + (lengths - kept)
+    gather = np.repeat(starts - row_offsets(kept)[:-1], kept) + np.arange(int(kept.sum()))
     return kept, values[gather]
 
 
@@ -112,7 +113,7 @@ class Block:
     def offsets(self, key: str) -> np.ndarray:
         """Row offsets into ``jagged[key]``'s values (computed once: the arrays never change)."""
         if key not in self._offsets:
-            self._offsets[key] = _excl_cumsum(self.jagged[key][0])
+            self._offsets[key] = row_offsets(self.jagged[key][0])
         return self._offsets[key]
 
     def slice(self, start: int, stop: int) -> Block:
