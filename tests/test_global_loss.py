@@ -58,7 +58,7 @@ def _batches(rank: int, steps: int) -> list[Batch]:
     return out
 
 
-def _rank_gradients(steps: int) -> list[torch.Tensor]:
+def _rank_gradients(steps: int) -> list[list[float]]:
     """On each rank: DDP over the real ``RankerTrain`` loss, the trainer's scales; each step's gradient."""
     import torch.distributed as dist
 
@@ -74,7 +74,9 @@ def _rank_gradients(steps: int) -> list[torch.Tensor]:
         model(batch)[0].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     dist.destroy_process_group()
-    return grads
+    # Plain floats back to the launcher: tensors would go through torch.multiprocessing's file-descriptor
+    # sharing, whose hand-over can leave a finished worker waiting for the parent.
+    return [g.tolist() for g in grads]
 
 
 def test_real_rows_and_scales() -> None:
@@ -100,4 +102,4 @@ def test_ddp_step_gradient_is_the_global_mean(tmp_path: Path) -> None:
         nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()  # mean over real rows
         want = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         for rank in (0, 1):  # DDP leaves the same averaged gradient on both ranks
-            torch.testing.assert_close(got[rank][step], want)
+            torch.testing.assert_close(torch.tensor(got[rank][step]), want)
