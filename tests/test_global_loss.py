@@ -73,6 +73,7 @@ def _rank_gradients(steps: int) -> list[list[float]]:
         model.zero_grad()
         model(batch)[0].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    del model  # DDP's reducer holds the process group: destroying the group under it hangs at exit
     dist.destroy_process_group()
     # Plain floats back to the launcher: tensors would go through torch.multiprocessing's file-descriptor
     # sharing, whose hand-over can leave a finished worker waiting for the parent.
