@@ -4,8 +4,6 @@ step's allocations."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -13,17 +11,14 @@ import pytest
 import torch
 
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder
+from tests.conftest import load_benchmark
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_scaling.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("encoder_scaling", PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("encoder_scaling")
 
 
 @pytest.mark.parametrize("lengths", [[6, 6, 6], [5, 0, 9, 1]])
@@ -57,12 +52,7 @@ def test_worker_reports_median_repeats_and_peak(bench: ModuleType) -> None:
 def test_train_cost_rows_take_their_own_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     """``benchmarks/encoder_train_cost.py``: a row ``ENC+KEY=VALUE`` is ENC with that override on top of
     ``--set``, and the other rows keep the config's value."""
-    path = PATH.parent / "encoder_train_cost.py"
-    spec = importlib.util.spec_from_file_location("encoder_train_cost", path)
-    assert spec is not None and spec.loader is not None
-    cost = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "encoder_train_cost", cost)  # its dataclasses look their module up
-    spec.loader.exec_module(cost)
+    cost = load_benchmark("encoder_train_cost")
     args = argparse.Namespace(config=str(PATH.parents[1] / "configs" / "ml1m.yaml"), set=["train.seed=3"])
     plain = cost.job_config(args, "mean")
     row = cost.job_config(args, "elastic+model.encoder.memory_size=0+model.encoder.num_slots=4")

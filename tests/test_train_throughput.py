@@ -4,7 +4,6 @@ counts real rows only."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from types import ModuleType
@@ -15,17 +14,14 @@ from crossrank.features.errors import InputError
 from crossrank.features.spec import load_spec
 from crossrank.pipeline.reading.prefetch import Prefetcher
 from crossrank.pipeline.reading.reader import ParquetBatchReader
+from tests.conftest import load_benchmark
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_throughput", PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 def test_prefetched_batches_equal_the_serial_ones(small_synthetic: Path, synthetic_spec: Path) -> None:
