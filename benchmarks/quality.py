@@ -53,10 +53,10 @@ class Study:
 def _ml1m(args: argparse.Namespace, variants: dict[str, list[str]], max_len: int = 200) -> list[Run]:
     data = quality_data.movielens("ml-1m", max_len)
     spec = derived_spec(ML_SPEC, data / "spec.yaml", max_len)
-    return [
+    return [  # seed-major: a study stopped part-way has every variant's first seeds
         Run(name, seed, ML_CONFIG, data, spec, (*CONVERGE, *sets))
-        for name, sets in variants.items()
         for seed in range(args.seeds)
+        for name, sets in variants.items()
     ]
 
 
@@ -173,6 +173,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-minutes", type=float, default=0, help="stop launching runs after this long")
     parser.add_argument("--variants", nargs="*", help="only these variants (a part of the study)")
+    parser.add_argument("--baseline", help="the variant paired differences are taken against")
     parser.add_argument("--encoder", default="mean", help="ml1m-fusion: the sequence encoder")
     parser.add_argument("--lengths", type=int, nargs="*", default=[1024, 4096], help="long-synthetic max_len")
     parser.add_argument("--encoders", nargs="*", default=["mean", "din", "elastic"], help="long-synthetic")
@@ -201,7 +202,9 @@ def main() -> None:
             flush=True,
         )
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    quality_report.write(args.study, study.baseline, study.figures, results, OUT, command, version)
+    quality_report.write(
+        args.study, args.baseline or study.baseline, study.figures, results, OUT, command, version
+    )
 
 
 if __name__ == "__main__":

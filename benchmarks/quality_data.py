@@ -18,11 +18,21 @@ def movielens(name: str, max_len: int, ranking_users: int = 1000) -> Path:
     from crossrank.pipeline.prepare.ranking_set import prepare_ranking
 
     out = WORK / f"{name}-len{max_len}"
-    if not (out / "summary.json").exists():
+    if not (out / "summary.json").exists() or not _current_contract(out):
         print(prepare_movielens(SHARED / name, out, max_len=max_len, overwrite=True).format())
     if not (out / "ranking.json").exists():
         print(prepare_ranking(out, negatives=99, users=ranking_users, seed=0, overwrite=True).format())
     return out
+
+
+def _current_contract(out: Path) -> bool:
+    """Whether a prepared MovieLens folder has today's columns (an older ``prepare`` wrote fewer)."""
+    import pyarrow.parquet as pq
+
+    from crossrank.pipeline.prepare.movielens import output_schema
+
+    domains = json.loads((out / "summary.json").read_text())["domains"]
+    return pq.read_schema(out / "train" / "part-00000.parquet").equals(output_schema(domains))
 
 
 def synthetic(tag: str, **config: object) -> Path:

@@ -141,7 +141,7 @@ def execute(run: Run, cache: Path, version: str) -> dict:
         "overrides": list(run.overrides),
         "code": version,
         "test": test,
-        "test_last": metrics["test"],
+        "test_from_train": metrics["test"],  # the same best checkpoint, measured by `train` itself
         "best": metrics["best"],
         "valid": metrics["valid"],
         "params": metrics["params"],
@@ -171,4 +171,10 @@ def derived_spec(base: Path, out: Path, max_len: int, dim: int | None = None) ->
     )
     if not out.exists() or out.read_text() != text:
         out.write_text(text)
+    for feature in spec["features"]:  # vocabulary files travel with the spec (named relative to it)
+        mapping = feature.get("mapping")
+        vocab = mapping.get("file") if isinstance(mapping, dict) else None
+        if vocab:
+            (out.parent / vocab).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(base.parent / vocab, out.parent / vocab)
     return out

@@ -23,7 +23,7 @@ from crossrank.features.files import (
 )
 from crossrank.features.hashing import hash_ids
 from crossrank.features.idmap import check_oov_fraction, map_ids
-from crossrank.features.spec import FeatureDef, FeatureSpec, Problem, TableSpec
+from crossrank.features.spec import HISTORY_KINDS, LIST_KINDS, FeatureDef, FeatureSpec, Problem, TableSpec
 from crossrank.features.validate import capped, domain_index, metadata_problems, row_group_problems, where_of
 
 
@@ -52,7 +52,7 @@ def _expected(spec: FeatureSpec, f: FeatureDef | None, column: str) -> tuple[str
         if f.mapping.type == "identity":
             return "an integer type", _is_int
         return "an integer or string type", _is_id
-    if f.kind in ("id_list", "sequence"):
+    if f.kind in LIST_KINDS:
         if f.mapping.type == "identity":
             return "list<int64>", lambda t: _is_list(t) and _is_int(t.value_type)
         return "list<int64> or list<string>", lambda t: _is_list(t) and _is_id(t.value_type)
@@ -162,7 +162,7 @@ def _kept_ids(f: FeatureDef, col: pa.Array) -> pa.Array | None:
     if f.kind == "id":
         return col.drop_null()
     flat = pc.list_flatten(col)
-    if flat.null_count or f.kind != "sequence":
+    if flat.null_count or f.kind not in HISTORY_KINDS:
         return None if flat.null_count else flat
     lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
     if lengths.max(initial=0) <= f.max_len:

@@ -25,6 +25,9 @@ Format (see ``features/specs/*.yaml`` for complete examples)::
 Feature kinds:
     ``id`` one id per row, pooled (EmbeddingBagCollection); ``id_list`` a bag of ids, pooled;
     ``sequence`` a domain's behaviour history, unpooled (EmbeddingCollection), sharing the domain's table;
+    ``event`` what happened at each event of a history (``of: hist_A``): a list as long as the history's, in
+    its own table, whose embedding is added to each event's item embedding (e.g. the rating or action type:
+    a history lists what the user touched, an event feature says how);
     ``candidate`` the row's candidate item: one id in the table of the row's domain (``domain_column``),
     so it shares that table with the domain's history; ``dense`` a float column.
 
@@ -72,9 +75,11 @@ from crossrank.features.vocab import (
 if TYPE_CHECKING:  # torchrec is imported only where tables are built: a spec is plain data
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 
-FeatureKind = Literal["id", "id_list", "sequence", "candidate", "dense"]
-FEATURE_KINDS: tuple[str, ...] = ("id", "id_list", "sequence", "candidate", "dense")
+FeatureKind = Literal["id", "id_list", "sequence", "event", "candidate", "dense"]
+FEATURE_KINDS: tuple[str, ...] = ("id", "id_list", "sequence", "event", "candidate", "dense")
 POOLED_KINDS: tuple[str, ...] = ("id", "id_list")
+LIST_KINDS: tuple[str, ...] = ("id_list", "sequence", "event")  # a list column per row
+HISTORY_KINDS: tuple[str, ...] = ("sequence", "event")  # cut to the history's last max_len entries
 TRANSFORMS: tuple[str, ...] = ("none", "log1p", "standardize")
 # Spec names -> member names of torchrec's PoolingType / DataType.
 POOLINGS: dict[str, str] = {"sum": "SUM", "mean": "MEAN"}
@@ -141,8 +146,9 @@ class FeatureDef:
     column: str
     table: str = ""
     mapping: IdMapping = field(default_factory=IdMapping)
-    domain: str = ""  # sequence: the domain whose history this is
-    max_len: int = 0  # sequence: keep the most recent max_len events
+    domain: str = ""  # sequence: the domain whose history this is (event: filled in from ``of``)
+    max_len: int = 0  # sequence: keep the most recent max_len events (event: filled in from ``of``)
+    of: str = ""  # event: the sequence feature whose events it describes
     domain_column: str = ""  # candidate: column holding the row's domain name
     fill: float = 0.0  # dense: value for missing / NaN
     transform: str = "none"  # dense: none | log1p | standardize
@@ -207,6 +213,19 @@ class FeatureSpec:
     def sequence_for(self, domain: str) -> FeatureDef:
         return next(f for f in self.of_kind("sequence") if f.domain == domain)
 
+    def event_for(self, domain: str) -> FeatureDef | None:
+        """The event feature of ``domain``'s history, if the spec declares one."""
+        return next((f for f in self.of_kind("event") if f.domain == domain), None)
+
+    @property
+    def history_keys(self) -> list[str]:
+        """KJT keys that make up the histories: per domain its sequence, then its event feature (if any)."""
+        keys: list[str] = []
+        for d in self.domain_names:
+            event = self.event_for(d)
+            keys += [self.sequence_for(d).name, *([event.name] if event else [])]
+        return keys
+
     def candidate_key(self, domain: str) -> str:
         """KJT key of the candidate id in ``domain``'s table (length 1 in its own domain, 0 elsewhere)."""
         return f"{self.candidate.name}@{domain}"
@@ -218,10 +237,12 @@ class FeatureSpec:
 
     @property
     def sequence_keys(self) -> list[str]:
-        """KJT keys of the EmbeddingCollection: per domain its history, then its candidate slot."""
+        """KJT keys of the EmbeddingCollection: per domain its history, its candidate slot, then its event
+        feature (if any)."""
         keys: list[str] = []
         for d in self.domain_names:
-            keys += [self.sequence_for(d).name, self.candidate_key(d)]
+            event = self.event_for(d)
+            keys += [self.sequence_for(d).name, self.candidate_key(d), *([event.name] if event else [])]
         return keys
 
     @property
@@ -275,18 +296,23 @@ class FeatureSpec:
 
     def embedding_configs(self) -> list[EmbeddingConfig]:
         """TorchRec configs of the unpooled tables: each domain's item table, shared by its history and
-        its candidate slot (parameter sharing between candidate and history)."""
+        its candidate slot (parameter sharing between candidate and history), then the event features'
+        tables (one per table, listing the event features that share it)."""
         from torchrec.modules.embedding_configs import DataType, EmbeddingConfig
 
+        uses = [(d.table, [self.sequence_for(d.name).name, self.candidate_key(d.name)]) for d in self.domains]
+        for t in self.tables:
+            names = [f.name for f in self.of_kind("event") if f.table == t.name]
+            uses += [(t.name, names)] if names else []
         configs = []
-        for d in self.domains:
-            t = self.table(d.table)
+        for table, names in uses:
+            t = self.table(table)
             configs.append(
                 EmbeddingConfig(
                     name=t.name,
                     embedding_dim=t.embedding_dim,
                     num_embeddings=t.num_embeddings,
-                    feature_names=[self.sequence_for(d.name).name, self.candidate_key(d.name)],
+                    feature_names=names,
                     data_type=DataType[DATA_TYPES[t.data_type]],
                 )
             )
@@ -458,10 +484,18 @@ def parse_spec(raw: Any, src: str, *, fitting: bool = False) -> tuple[FeatureSpe
         features = _attach_vocabs(src, tables, domains, features, problems)
     if problems:
         return None, problems
-    # A history's table defaults to its domain's item table: fill it in so every id feature names one.
+    # A history's table defaults to its domain's item table: fill it in so every id feature names one; an
+    # event feature takes its history's domain and length.
     domain_table = {d.name: d.table for d in domains}
     features = [
         dataclasses.replace(f, table=domain_table[f.domain]) if f.kind == "sequence" else f for f in features
+    ]
+    history = {f.name: f for f in features if f.kind == "sequence"}
+    features = [
+        dataclasses.replace(f, domain=history[f.of].domain, max_len=history[f.of].max_len)
+        if f.kind == "event"
+        else f
+        for f in features
     ]
     spec = FeatureSpec(
         path=src,
@@ -699,7 +733,12 @@ def _check_feature(add: _Add, f: FeatureDef, declared: _Declared, use: _TableUse
         for item_table in declared.domain_tables:
             use.record(item_table, "unpooled", f.mapping)
         return
-    table = _sequence_table(add, f, declared) if f.kind == "sequence" else _pooled_table(add, f, declared)
+    if f.kind == "sequence":
+        table = _sequence_table(add, f, declared)
+    elif f.kind == "event":
+        table = _event_table(add, f, declared)
+    else:
+        table = _pooled_table(add, f, declared)
     if table is None:
         return
     if table not in declared.table_names:
@@ -741,6 +780,20 @@ def _sequence_table(add: _Add, f: FeatureDef, declared: _Declared) -> str | None
     return table
 
 
+def _event_table(add: _Add, f: FeatureDef, declared: _Declared) -> str | None:
+    """The table of an event feature: its own, not an item table (those hold items; the event embedding is
+    added to the item's). Whether ``of`` names a history is checked with the feature counts."""
+    if f.domain or f.max_len:
+        add(f.name, "an event feature takes `domain` and `max_len` from its history.", "remove them.")
+    if f.table in declared.domain_tables:
+        add(
+            f.name,
+            f"uses item table {f.table!r}; an event feature's ids (e.g. a rating) are not items.",
+            "give it a table of its own (e.g. `{name: rating, num_embeddings: 8, embedding_dim: D}`).",
+        )
+    return _pooled_table(add, f, declared)
+
+
 def _pooled_table(add: _Add, f: FeatureDef, declared: _Declared) -> str | None:
     """The table an ``id`` / ``id_list`` feature names, or None when it names none."""
     if not f.table:
@@ -766,8 +819,24 @@ def _check_feature_counts(add: _Add, features: list[FeatureDef], domain_names: l
                 f"domain {domain!r} has {n} sequence features; exactly one is needed.",
                 "declare its history once.",
             )
+    _check_events(add, features)
     if not any(f.kind in POOLED_KINDS for f in features):
         add("features", "no pooled (`id`/`id_list`) feature.", "declare at least one, e.g. the user id.")
+
+
+def _check_events(add: _Add, features: list[FeatureDef]) -> None:
+    """Each event feature describes one declared history, and a history has at most one."""
+    histories = [f.name for f in features if f.kind == "sequence"]
+    events = [f for f in features if f.kind == "event"]
+    for f in events:
+        if f.of not in histories:
+            add(
+                f.name,
+                f"`of: {f.of!r}` names no sequence feature.",
+                f"name the history whose events it describes, one of {histories}.",
+            )
+    for name in _duplicates([f.of for f in events if f.of]):
+        add(name, f"history {name!r} has several event features.", "declare one per history.")
 
 
 def _check_table_use(add: _Add, use: _TableUse) -> None:

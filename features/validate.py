@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from crossrank.features.errors import InputError
 from crossrank.features.idmap import map_ids
-from crossrank.features.spec import FeatureDef, FeatureSpec, Problem
+from crossrank.features.spec import LIST_KINDS, FeatureDef, FeatureSpec, Problem
 
 FIX_NULL_LABEL = "drop unlabeled rows from training/evaluation data."
 FIX_LABEL = "binarise the label (0/1) when preparing the data."
@@ -78,9 +78,30 @@ def row_group_problems(
     domains, found = _domain_index(spec, table, where)
     problems += found
     problems += _candidate_problems(spec, table, where, domains)
-    for f in spec.of_kind("id", "id_list", "sequence"):
+    for f in spec.of_kind("id", *LIST_KINDS):
         problems += _id_problems(spec, f, table.column(f.column).combine_chunks(), where)
+    problems += _event_problems(spec, table, where)
     problems += _dense_problems(spec, table, where)
+    return problems
+
+
+def _event_problems(spec: FeatureSpec, table: pa.Table, where: str) -> list[Problem]:
+    """An event feature must hold one entry per event of its history, in every row."""
+    problems = []
+    for f in spec.of_kind("event"):
+        history = next(h for h in spec.of_kind("sequence") if h.name == f.of)
+
+        def lengths(column: str) -> np.ndarray:
+            return pc.fill_null(pc.list_value_length(table.column(column).combine_chunks()), 0).to_numpy()
+
+        bad = np.flatnonzero(lengths(f.column) != lengths(history.column))
+        if bad.size:
+            msg = (
+                f"column '{f.column}' has a different number of entries than history column "
+                f"'{history.column}' in {bad.size} row(s) (first: row {int(bad[0])} of this row group)."
+            )
+            fix = f"write one '{f.column}' entry per event of '{history.column}', in the same order."
+            problems.append(Problem(where, f.name, msg, fix))
     return problems
 
 

@@ -72,6 +72,8 @@ class CrossDomainRanker(nn.Module):
         dim = spec.embedding_dim
         self.domains = spec.domain_names
         self.history_keys = [spec.sequence_for(d).name for d in self.domains]
+        # Per domain, the event feature whose embedding is added to each history event's (or None).
+        self.event_keys = [event.name if (event := spec.event_for(d)) else None for d in self.domains]
         self.candidate_keys = [spec.candidate_key(d) for d in self.domains]
         self.sparse_arch = SparseArch(
             EmbeddingBagCollection(tables=spec.embedding_bag_configs(), device=device)
@@ -191,7 +193,11 @@ class CrossDomainRanker(nn.Module):
             cand = jagged[cand_key]
             candidate = candidate.index_add(0, segment_ids(cand.lengths()), cand.values())
         hists = [jagged[key] for key in self.history_keys]
-        return pooled_emb, candidate, [h.values() for h in hists], [h.lengths() for h in hists]
+        values = [h.values() for h in hists]
+        for i, key in enumerate(self.event_keys):  # same lengths as the history (checked by the reader)
+            if key is not None:
+                values[i] = values[i] + jagged[key].values()
+        return pooled_emb, candidate, values, [h.lengths() for h in hists]
 
     def _interests(
         self, values: list[torch.Tensor], lengths: list[torch.Tensor], candidate: torch.Tensor

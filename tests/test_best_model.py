@@ -90,8 +90,12 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
+def by_step_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:09d}"
+
+
 def test_best_checkpoint_and_early_stopping_follow_the_recorded_rounds(
-    diverging: tuple[Path, TrainResult],
+    diverging: tuple[Path, TrainResult], small_synthetic: Path
 ) -> None:
     run_dir, result = diverging
     rounds = result.rounds
@@ -120,6 +124,14 @@ def test_best_checkpoint_and_early_stopping_follow_the_recorded_rounds(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best"] == result.best and metrics["stopped_early"] == result.stopped_early
     assert metrics["test"]["auc"] == result.test["auc"]  # the test split still ran
+    # ... on the best checkpoint's weights, not the last (later, worse) ones
+    assert metrics["test_step"] == steps[b] != result.steps
+    best_on_test = run_evaluate(str(run_dir), str(small_synthetic / "test"), None, 2048)
+    assert result.test["auc"] == pytest.approx(best_on_test["auc"], abs=1e-6)
+    last_on_test = run_evaluate(
+        str(by_step_path(run_dir, steps[stop])), str(small_synthetic / "test"), None, 2048
+    )
+    assert abs(last_on_test["auc"] - result.test["auc"]) > 1e-4  # the scenario tells them apart
     # a checkpoint before each round, with the position a resume continues from (epoch ends: next epoch)
     by_step = {read_meta(c)["step"]: read_meta(c) for c in complete_checkpoints(run_dir)}
     assert (

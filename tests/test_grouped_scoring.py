@@ -43,13 +43,16 @@ def repeated_block(spec: FeatureSpec, users: int, per_user: int, seed: int) -> B
     n = users * per_user
     owner = rng.permutation(np.repeat(np.arange(users), per_user))
     jagged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for key in hg.history_keys(spec):
+    for d in spec.domain_names:
+        event = spec.event_for(d)
         lengths = rng.integers(0, 12, users).astype(np.int32)
         lengths[0] = 0
-        values = rng.integers(0, 29, int(lengths.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        rows = [values[offsets[o] : offsets[o + 1]] for o in owner]
-        jagged[key] = (lengths[owner], np.concatenate(rows).astype(np.int64))
+        # the history's items and, with an event feature, each event's id (0/1), per user
+        for key, high in [(spec.sequence_for(d).name, 29), *([(event.name, 2)] if event else [])]:
+            values = rng.integers(0, high, int(lengths.sum()))
+            rows = [values[offsets[o] : offsets[o + 1]] for o in owner]
+            jagged[key] = (lengths[owner], np.concatenate(rows).astype(np.int64))
     domains = rng.integers(0, 2, n)
     for i, d in enumerate(spec.domain_names):
         mask = domains == i
@@ -100,7 +103,7 @@ def test_groups_hold_identical_histories_even_when_hashes_collide(
     collide: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = tiny_spec()
-    keys = hg.history_keys(spec)
+    keys = spec.history_keys
     block = repeated_block(spec, users=9, per_user=4, seed=2)
     if collide:  # every row hashes alike: only the value-by-value check tells them apart
         monkeypatch.setattr(hg, "history_hashes", lambda jagged, keys, n: np.zeros(n, np.uint64))
@@ -116,7 +119,7 @@ def test_groups_hold_identical_histories_even_when_hashes_collide(
 
 
 def test_hash_separates_histories_that_differ_in_one_place() -> None:
-    keys = hg.history_keys(tiny_spec())
+    keys = tiny_spec().history_keys
     lengths, values = np.array([2, 2, 2, 0], np.int32), np.array([1, 2, 2, 1, 1, 1])  # [1,2] [2,1] [1,1] []
     empty = (np.zeros(4, np.int32), np.zeros(0, np.int64))
     hashes = hg.history_hashes({keys[0]: (lengths, values), keys[1]: empty}, keys, 4)

@@ -24,6 +24,7 @@ from crossrank.features.errors import InputError
 from crossrank.pipeline.core.atomic import AtomicParquetWriter, write_parquet_atomic
 from crossrank.pipeline.prepare.movielens import (
     DEFAULT_DOMAINS,
+    GENRES_100K,
     PrepareSummary,
     load_domain_map,
     output_schema,
@@ -80,11 +81,11 @@ def ml100k_ratings() -> pd.DataFrame:
 
 
 def check_histories(table: pa.Table, events: pd.DataFrame, domain: str, max_len: int) -> tuple[int, int]:
-    """Check ``hist_<domain>`` / ``hist_count_<domain>`` of every row of ``table`` against the raw events.
+    """Check ``hist_<domain>`` / ``hist_count_<domain>`` / ``hist_liked_<domain>`` of every row against the raw events.
 
     Args:
         table: a split (or all splits).
-        events: every kept rating: user_id, item_id, timestamp, domain (user, item unique).
+        events: every kept rating: user_id, item_id, rating, timestamp, domain (user, item unique).
         domain: the domain checked.
         max_len: the truncation length used.
 
@@ -115,7 +116,10 @@ def check_histories(table: pa.Table, events: pd.DataFrame, domain: str, max_len:
     flat["row_ts"] = ts[flat["parent"].to_numpy()]
     flat["pos"] = flat.groupby("parent").cumcount()
     joined = flat.merge(
-        ev[["user_id", "item_id", "timestamp", "rank"]], on=["user_id", "item_id"], how="left", validate="m:1"
+        ev[["user_id", "item_id", "timestamp", "rank", "rating"]],
+        on=["user_id", "item_id"],
+        how="left",
+        validate="m:1",
     )
     assert len(joined) == len(flat)
     assert joined["timestamp"].notna().all(), "a history item is not a rating of this user in this domain"
@@ -126,6 +130,9 @@ def check_histories(table: pa.Table, events: pd.DataFrame, domain: str, max_len:
     parent = joined["parent"].to_numpy()
     expected_rank = count[parent] - lengths[parent] + joined["pos"].to_numpy()
     np.testing.assert_array_equal(joined["rank"].to_numpy(), expected_rank)
+    liked = table.column(f"hist_liked_{domain}").combine_chunks()  # aligned with the history, event by event
+    np.testing.assert_array_equal(pc.list_value_length(liked).to_numpy(), lengths)
+    np.testing.assert_array_equal(pc.list_flatten(liked).to_numpy(), joined["rating"].to_numpy() >= 4)
     return int(np.count_nonzero(count > max_len)), int(np.count_nonzero(at_or_before > count))
 
 
@@ -206,6 +213,13 @@ def test_ml100k_schema_is_exact(ml100k: Prepared) -> None:
             ("hist_count_A", pa.float32()),
             ("hist_B", pa.list_(pa.int64())),
             ("hist_count_B", pa.float32()),
+            ("hist_liked_A", pa.list_(pa.int64())),
+            ("hist_liked_B", pa.list_(pa.int64())),
+            ("gender", pa.string()),
+            ("age", pa.int64()),
+            ("occupation", pa.string()),
+            ("genres", pa.list_(pa.string())),
+            ("year", pa.int64()),
         ]
     )
     assert output_schema(["A", "B"]).equals(expected)
@@ -228,6 +242,30 @@ def test_ml100k_rows_match_the_ratings(ml100k: Prepared, ml100k_events: pd.DataF
     np.testing.assert_array_equal(joined["timestamp_x"], joined["timestamp_y"])
     np.testing.assert_array_equal(joined["label"], (joined["rating"] >= 4).astype(np.int8))
     np.testing.assert_array_equal(joined["domain_x"], joined["domain_y"])
+
+
+@needs_ml100k
+def test_ml100k_side_columns_match_u_user_and_u_item(ml100k: Prepared) -> None:
+    columns = ["user_id", "item_id", *SIDE_NAMES]
+    rows = pa.concat_tables(t.select(columns) for t in ml100k.splits.values()).to_pandas()
+    users = pd.read_csv(ML100K / "u.user", sep="|", header=None, names=["uid", "u_age", "g", "occ", "zip"])
+    joined = rows.merge(users, left_on="user_id", right_on="uid", how="left", validate="m:1")
+    assert joined["uid"].notna().all()
+    np.testing.assert_array_equal(joined["gender"], joined["g"])
+    np.testing.assert_array_equal(joined["age"], joined["u_age"])
+    np.testing.assert_array_equal(joined["occupation"], joined["occ"])
+    item = pd.read_csv(ML100K / "u.item", sep="|", header=None, encoding="latin-1")
+    flags = item.iloc[:, -19:].to_numpy() == 1
+    genres = {
+        int(i): [g for g, on in zip(GENRES_100K, f, strict=True) if on and g != "unknown"]
+        for i, f in zip(item[0], flags, strict=True)
+    }
+    year = dict(zip(item[0], pd.to_numeric(item[1].str.extract(r"\((\d{4})\)\s*$")[0]), strict=True))
+    sample = rows.iloc[::97]
+    assert [list(g) for g in sample["genres"]] == [genres[i] for i in sample["item_id"]]
+    as_int = [None if pd.isna(y) else int(y) for y in sample["year"]]
+    assert as_int == [None if pd.isna(year[i]) else int(year[i]) for i in sample["item_id"]]
+    assert rows["year"].isna().sum() > 0 and rows["year"].min() >= 1900  # titles without a year: null
 
 
 @needs_ml100k
@@ -339,6 +377,10 @@ def test_three_domain_map(tmp_path: Path) -> None:
         "hist_count_action",
         "hist_rest",
         "hist_count_rest",
+        "hist_liked_drama",
+        "hist_liked_action",
+        "hist_liked_rest",
+        *SIDE_NAMES,
     ]
     first = ml100k_first_genre()
     ratings = ml100k_ratings()
@@ -419,6 +461,13 @@ def csv_dir(tmp_path: Path) -> Path:
     return src
 
 
+SIDE_NAMES = ["gender", "age", "occupation", "genres", "year"]
+
+
+def no_user(n: int) -> dict[str, list[None]]:
+    return {"gender": [None] * n, "age": [None] * n, "occupation": [None] * n}
+
+
 def test_csv_format_hand_computed(csv_dir: Path, tmp_path: Path) -> None:
     summary = prepare_movielens(csv_dir, tmp_path / "out", max_len=2, n_test=1, n_valid=1, row_group_size=2)
     assert summary.source_format == "ml-latest"
@@ -437,6 +486,18 @@ def test_csv_format_hand_computed(csv_dir: Path, tmp_path: Path) -> None:
         "hist_count_A": [0.0, 1.0, 1.0, 1.0, 3.0],  # [6, 1, 2] truncated to the last 2
         "hist_B": [[], [], [], [], [10]],
         "hist_count_B": [0.0, 0.0, 0.0, 0.0, 1.0],
+        # aligned with hist_<D>: 6 is a 1.0, 1 a 5.0, 2 a 3.5, 10 a 4.0, 3 a 4.5
+        "hist_liked_A": [[], [0], [0], [0], [1, 0]],
+        "hist_liked_B": [[], [], [], [], [1]],
+        **no_user(5),  # ml-latest has no users file
+        "genres": [
+            ["Action", "Romance", "Thriller"],
+            ["Adventure", "Animation", "Children", "Comedy", "Fantasy"],
+            ["Action", "Crime", "Thriller"],
+            ["Drama"],
+            [],  # (no genres listed)
+        ],
+        "year": [1994, 1995, 1995, 1990, 2001],
     }
     # A user with fewer than n_test + n_valid rows fills test first, then valid.
     assert got["valid"] == {
@@ -450,6 +511,11 @@ def test_csv_format_hand_computed(csv_dir: Path, tmp_path: Path) -> None:
         "hist_count_A": [3.0, 0.0],
         "hist_B": [[10, 3], []],
         "hist_count_B": [2.0, 0.0],
+        "hist_liked_A": [[1, 0], []],
+        "hist_liked_B": [[1, 1], []],
+        **no_user(2),
+        "genres": [["IMAX", "Action"], ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]],
+        "year": [2010, 1995],
     }
     assert got["test"] == {
         "row_id": [6, 8, 9],
@@ -462,6 +528,11 @@ def test_csv_format_hand_computed(csv_dir: Path, tmp_path: Path) -> None:
         "hist_count_A": [3.0, 1.0, 0.0],
         "hist_B": [[10, 3], [], []],
         "hist_count_B": [2.0, 0.0, 0.0],
+        "hist_liked_A": [[1, 0], [1], []],  # user 42's movie 1 is a 4.5
+        "hist_liked_B": [[1, 1], [], []],
+        **no_user(3),
+        "genres": [["Horror", "Sci-Fi"], ["IMAX", "Action"], ["Drama"]],
+        "year": [1979, 2010, 1990],
     }
     meta = pq.ParquetFile(tmp_path / "out" / "train" / "part-00000.parquet").metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [2, 2, 1]
@@ -714,3 +785,20 @@ def test_atomic_writer_failure_keeps_the_old_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="schema"), AtomicParquetWriter(path, old.schema, 2) as writer:
         writer.write(pa.table({"y": ["a"]}))
     assert pq.read_table(path).equals(old)
+
+
+def test_a_bad_users_file_names_the_file_line_and_fix(tmp_path: Path) -> None:
+    src = tmp_path / "ml-1m"
+    src.mkdir()
+    (src / "movies.dat").write_text("1::Toy Story (1995)::Animation|Comedy\n")
+    (src / "ratings.dat").write_text("1::1::5::100\n2::1::3::200\n")
+    (src / "users.dat").write_text("1::F::1::10::48067\n2::M::old::16::70072\n")
+    with pytest.raises(
+        InputError, match=r"(?s)users\.dat, line 2.*age 'old' is not a number.*UserID::Gender"
+    ):
+        prepare_movielens(src, tmp_path / "out", n_test=1, n_valid=0)
+    (src / "users.dat").write_text("1::F::1::10::48067\n")  # user 2 unknown: nulls, not an error
+    prepare_movielens(src, tmp_path / "out", n_test=1, n_valid=0)
+    test = pq.read_table(tmp_path / "out" / "test" / "part-00000.parquet").to_pydict()
+    assert (test["gender"], test["age"], test["occupation"]) == (["F", None], [1, None], ["10", None])
+    assert test["genres"] == [["Animation", "Comedy"]] * 2 and test["year"] == [1995, 1995]

@@ -69,3 +69,26 @@ def test_hr_and_ndcg() -> None:
     assert math.isclose(m["ndcg@10/A"], (expected[0] + expected[1]) / 2)
     m3 = ranking_metrics(logits, row_ids, domains, group, ["A", "B"], k=3)
     assert m3["hr@3"] == 0.75  # rank 9 falls out of the top 3
+
+
+def test_negatives_carry_their_own_item_columns(tmp_path: Path) -> None:
+    """MovieLens' genres and year describe the candidate: a negative gets its own movie's, not the
+    positive's (``summary.json`` names those columns); the user's columns stay the positive row's."""
+    from crossrank.pipeline.prepare.movielens import prepare_movielens
+
+    ml100k = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+    prepare_movielens(ml100k, tmp_path / "ml", max_len=5)
+    prepare_ranking(tmp_path / "ml", negatives=19, users=50, seed=0)
+    rows = ds.dataset(tmp_path / "ml" / "ranking", format="parquet").to_table().to_pandas()
+    every = ds.dataset(tmp_path / "ml" / "train", format="parquet").to_table().to_pandas()
+    genres = {i: list(g) for i, g in zip(every["item_id"], every["genres"], strict=True)}
+    year = dict(zip(every["item_id"], every["year"], strict=True))
+    known = rows[rows["item_id"].isin(genres.keys())]
+    assert len(known) > 0.9 * len(rows)
+    assert [list(g) for g in known["genres"]] == [genres[i] for i in known["item_id"]]
+    assert known["year"].fillna(0).tolist() == [
+        0 if math.isnan(year[i]) else year[i] for i in known["item_id"]
+    ]
+    groups = rows.groupby(rows["row_id"] // 20)
+    assert (groups["genres"].apply(lambda g: len({tuple(x) for x in g})) > 1).all()  # they differ in a group
+    assert (groups["gender"].nunique() == 1).all() and (groups["age"].nunique() == 1).all()

@@ -88,24 +88,33 @@ def test_shipped_spec_loads_with_torchrec_configs(name: str) -> None:
     assert spec.domain_names == ["A", "B"]
     assert spec.embedding_dim == 32
 
-    # Pooled: the user table, one EmbeddingBagConfig with the user id.
-    assert spec.pooled_keys == ["user_id"]
+    # Pooled: the user table, one EmbeddingBagConfig with the user id (movielens: then the user's and the
+    # movie's attributes, a table each).
+    side = ["gender", "age", "occupation", "genres"] if name == "movielens" else []
+    assert spec.pooled_keys == ["user_id", *side]
     bags = spec.embedding_bag_configs()
-    assert len(bags) == 1
-    (bag,) = bags
-    assert type(bag) is EmbeddingBagConfig
+    assert [b.feature_names for b in bags] == [["user_id"], *([k] for k in side)]
+    bag = bags[0]
+    assert all(type(b) is EmbeddingBagConfig for b in bags)
     user = spec.table("user")
     assert (bag.name, bag.feature_names) == ("user", ["user_id"])
     assert (bag.num_embeddings, bag.embedding_dim) == (user.num_embeddings, 32)
     assert bag.pooling == PoolingType.SUM
     assert bag.data_type == DataType.FP32
 
-    # Unpooled: one EmbeddingConfig per domain item table, shared by the history and the candidate slot.
-    assert spec.sequence_keys == ["hist_A", "item@A", "hist_B", "item@B"]
+    # Unpooled: one EmbeddingConfig per domain item table, shared by the history and the candidate slot;
+    # movielens adds how each history event was rated (an event feature per history, one shared table).
+    events = name == "movielens"
+    liked = [["hist_liked_A"], ["hist_liked_B"]] if events else [[], []]
+    assert spec.sequence_keys == ["hist_A", "item@A", *liked[0], "hist_B", "item@B", *liked[1]]
+    assert spec.history_keys == ["hist_A", *liked[0], "hist_B", *liked[1]]
     assert spec.candidate_key("A") == "item@A"
     configs = spec.embedding_configs()
-    assert [type(c) for c in configs] == [EmbeddingConfig, EmbeddingConfig]
-    for c, d in zip(configs, ["A", "B"], strict=True):
+    assert [type(c) for c in configs] == [EmbeddingConfig] * (3 if events else 2)
+    if events:
+        assert (configs[2].name, configs[2].feature_names) == ("liked", ["hist_liked_A", "hist_liked_B"])
+        assert [(e.domain, e.max_len) for e in spec.of_kind("event")] == [("A", 100), ("B", 100)]
+    for c, d in zip(configs[:2], ["A", "B"], strict=True):
         assert c.name == f"item_{d}"
         assert c.feature_names == [f"hist_{d}", f"item@{d}"]
         assert c.num_embeddings == spec.table(f"item_{d}").num_embeddings
@@ -125,17 +134,23 @@ def test_shipped_spec_loads_with_torchrec_configs(name: str) -> None:
     assert spec.table_of_key("user_id").name == "user"
     assert spec.candidate.name == "item"
     assert spec.candidate.domain_column == "domain"
-    assert [f.name for f in spec.dense_features] == ["hist_count_A", "hist_count_B"]
+    assert [f.name for f in spec.dense_features] == [
+        "hist_count_A",
+        "hist_count_B",
+        *(["year"] if events else []),
+    ]
     assert spec.required_columns() == [
         "row_id",
         "label",
         "user_id",
+        *side,
         "item_id",
         "domain",
         "hist_A",
         "hist_B",
         "hist_count_A",
         "hist_count_B",
+        *(["year", "hist_liked_A", "hist_liked_B"] if events else []),
     ]
     assert "label" not in spec.required_columns(with_label=False)
 
@@ -146,7 +161,7 @@ def test_shipped_specs_differ_in_sizes_and_user_mapping() -> None:
     assert syn.mapping_of_key("user_id") == IdMapping("hash", "error")
     assert ml.mapping_of_key("user_id") == IdMapping("identity", "clip")
     assert [t.num_embeddings for t in syn.tables] == [4096, 1025, 1025]
-    assert [t.num_embeddings for t in ml.tables] == [8192, 4096, 4096]
+    assert [t.num_embeddings for t in ml.tables] == [8192, 3, 3, 128, 44, 24, 4096, 4096]
 
 
 def test_parse_spec_defaults() -> None:

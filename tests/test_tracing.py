@@ -87,7 +87,8 @@ def tiny_spec() -> FeatureSpec:
     return spec
 
 
-def tiny_model(combo: Combo) -> RankerTrain:
+def tiny_model(combo: Combo, spec: FeatureSpec | None = None) -> RankerTrain:
+    """The seeded tiny model of ``combo`` on ``spec`` (default: :func:`tiny_spec`)."""
     encoder, kind, placement, memory_size = combo
     enc = ElasticConfig(
         num_slots=4,
@@ -106,7 +107,7 @@ def tiny_model(combo: Combo) -> RankerTrain:
         fusion=FusionConfig(kind=kind, placement=placement),
     )
     torch.manual_seed(0)
-    return RankerTrain(CrossDomainRanker(tiny_spec(), config))
+    return RankerTrain(CrossDomainRanker(spec or tiny_spec(), config))
 
 
 def tiny_batch() -> Batch:

@@ -2,7 +2,9 @@
 against ``negatives`` items of that domain the user never interacted with; HR@10 and NDCG@10.
 
 ``prepare_ranking`` writes ``DATA_DIR/ranking/part-00000.parquet``: groups of ``negatives + 1`` rows that
-share the positive row's context (user, histories, dense columns) and differ in the candidate item; the
+share the positive row's context (user, histories, dense columns) and differ in the candidate item and in
+the columns that describe it (``item_columns``, e.g. MovieLens' genres and year: each negative gets its own
+item's values, from any row of that item); the
 positive is row 0 of its group and ``row_id = group * (negatives + 1) + position``.
 ``crossrank.pipeline.evaluation.ranking.ranking_metrics`` turns scores of those rows back into HR@K / NDCG@K.
 """
@@ -88,6 +90,7 @@ def prepare_ranking(
     seed: int = 0,
     chunk_groups: int = 512,
     overwrite: bool = False,
+    item_columns: list[str] | None = None,
 ) -> RankingSummary:
     """Build ``data_dir/ranking`` (and ``data_dir/ranking.json``) from prepared data (``train/``,
     ``valid/``, ``test/``).
@@ -103,6 +106,8 @@ def prepare_ranking(
         seed: sampling seed.
         chunk_groups: groups written per chunk (bounds memory: each row repeats the positive's histories).
         overwrite: replace ``data_dir/ranking`` even when it holds something else.
+        item_columns: columns that describe the candidate item (None: the ``item_columns`` of the data's
+            ``summary.json``, if it names any).
     """
     data_dir = Path(data_dir)
     if not (data_dir / "test").exists():
@@ -118,6 +123,10 @@ def prepare_ranking(
         command="crossrank prepare ranking",
     )
     rated, catalog = _rated_keys(data_dir)
+    if item_columns is None:
+        summary_json = read_json(data_dir / "summary.json")
+        item_columns = list(summary_json.get("item_columns", [])) if isinstance(summary_json, dict) else []
+    attributes = _item_attributes(data_dir, item_columns)
     # One generator for the user sample, then every negative: the seed fixes the whole protocol.
     rng = np.random.default_rng(seed)
     positives = _held_out_positives(data_dir, users, rng)
@@ -131,7 +140,7 @@ def prepare_ranking(
                 chunk = positives.slice(start, chunk_groups)
                 items, chunk_counts = _group_items(chunk, rated, catalog, negatives, rng, str(data_dir))
                 counts.update(chunk_counts)
-                writer.write(_expand_groups(chunk, items, start))
+                writer.write(_with_item_attributes(_expand_groups(chunk, items, start), attributes))
         (data_dir / "ranking.json").unlink(missing_ok=True)  # last before the swap: never a stale description
     summary = RankingSummary(
         groups=dict(sorted(counts.items())),
@@ -217,6 +226,34 @@ def _group_items(
         items[rows, 1:] = _sample_negatives(user, catalog[d], rated[d], negatives, rng)
         counts[d] = len(rows)
     return items, counts
+
+
+def _item_attributes(data_dir: Path, columns: list[str]) -> pa.Table:
+    """One row per item id (sorted) with its ``columns``, from the first row of the item in the splits."""
+    files = [str(f) for s in SPLITS if (data_dir / s).exists() for f in list_parquet_files(data_dir / s)]
+    dataset = ds.dataset(files, format="parquet")
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise InputError(
+            f"item column(s) {missing} are not in the data.",
+            where=str(data_dir),
+            fix="name columns of the prepared data, or re-run `crossrank prepare` for the current columns.",
+        )
+    table = dataset.to_table(columns=["item_id", *columns])
+    ids = table.column("item_id").to_numpy()
+    _, first = np.unique(ids, return_index=True)  # sorted ids, and a row of each
+    return table.take(pa.array(first))
+
+
+def _with_item_attributes(rows: pa.Table, attributes: pa.Table) -> pa.Table:
+    """``rows`` with each attribute column taken from its candidate item's row of ``attributes``."""
+    if attributes.num_columns == 1:
+        return rows
+    at = np.searchsorted(attributes.column("item_id").to_numpy(), rows.column("item_id").to_numpy())
+    for name in attributes.column_names[1:]:
+        i = rows.schema.get_field_index(name)
+        rows = rows.set_column(i, name, attributes.column(name).take(pa.array(at)))
+    return rows
 
 
 def _expand_groups(chunk: pa.Table, items: np.ndarray, start: int) -> pa.Table:

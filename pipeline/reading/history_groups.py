@@ -144,7 +144,7 @@ def grouped_batch(block: Block, spec: FeatureSpec, batch_size: int) -> GroupedBa
         gb = grouped_batch(block.slice(0, 4096), spec, 4096)
         logits, ortho = forward_batch(model, gb)[1:]
     """
-    keys = history_keys(spec)
+    keys = spec.history_keys  # with the event features: rows share an encoding only if those match too
     groups = group_histories(block, keys)
     n, u = len(block), groups.num_groups
     jagged = dict(block.jagged)
@@ -158,11 +158,6 @@ def grouped_batch(block: Block, spec: FeatureSpec, batch_size: int) -> GroupedBa
     # Padding rows read row U, which is empty (U <= n < batch_size), or need no group when there are none.
     group = np.concatenate([groups.group, np.full(pad, u, np.int64)])
     return GroupedBatch(rows, torch.from_numpy(group), u + (1 if pad else 0))
-
-
-def history_keys(spec: FeatureSpec) -> list[str]:
-    """The KJT keys of every domain's history (what rows must share to share an encoding)."""
-    return [spec.sequence_for(d).name for d in spec.domain_names]
 
 
 def grouped_batches(reader: ParquetBatchReader, num_batches: int) -> Iterator[GroupedBatch]:

@@ -24,7 +24,7 @@ from crossrank.features.check import schema_problems
 from crossrank.features.errors import InputError
 from crossrank.features.files import DataPaths, list_parquet_files, open_parquet
 from crossrank.features.idmap import check_oov_fraction, map_ids
-from crossrank.features.spec import FeatureSpec, SpecError
+from crossrank.features.spec import HISTORY_KINDS, LIST_KINDS, FeatureSpec, SpecError
 from crossrank.features.validate import (
     capped,
     domain_index,
@@ -297,7 +297,7 @@ class BlockConverter:
             raise error
         n = table.num_rows
         jagged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for f in spec.of_kind("id", "id_list", "sequence"):
+        for f in spec.of_kind("id", *LIST_KINDS):
             col = table.column(f.column).combine_chunks()
             if f.kind == "id":
                 valid = col.is_valid().to_numpy(zero_copy_only=False)
@@ -307,7 +307,7 @@ class BlockConverter:
                 lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int32)
                 flat = pc.list_flatten(col)
             values = flat.to_numpy(zero_copy_only=False)
-            if f.kind == "sequence":
+            if f.kind in HISTORY_KINDS:  # an event feature is cut like its history (same lengths: checked)
                 lengths, values = keep_last(lengths, values, f.max_len)
             rows, n_oov = map_ids(
                 values, spec.table_of_key(f.name), f.mapping, where=where, feature=f.name, spec_path=spec.path

@@ -78,6 +78,8 @@ class TrainResult:
     rounds_without_improvement: int = 0
     stopped_early: dict[str, Any] | None = None
     selection_note: str = ""
+    # Which weights ``test`` measured: the best checkpoint's step when validation chose one, else the last.
+    test_step: int = 0
 
 
 def _resume_source(cfg: JobConfig) -> Path | None:
@@ -519,8 +521,16 @@ class Trainer:
             self.checkpoint(*self.position)
 
     def test(self) -> None:
-        """The test split and, with ``data.ranking``, HR@10 / NDCG@10 of the sampled ranking protocol."""
+        """The test split and, with ``data.ranking``, HR@10 / NDCG@10 of the sampled ranking protocol, on the
+        best checkpoint's weights when validation chose one (what ``score`` and ``evaluate`` use), else on the
+        last; the final checkpoint is already written, so loading the best loses nothing."""
         cfg, model, result = self.cfg, self.built.model, self.result
+        result.test_step = result.steps
+        if result.best is not None and result.best["step"] != result.steps:
+            load_checkpoint(result.best["path"], model, None, self.ctx)
+            result.test_step = int(result.best["step"])
+            if self.ctx.is_main:
+                print(f"test metrics of the best checkpoint (step {result.test_step})")
         if self.splits.test is not None:
             result.test = evaluate(model, self.splits.test, self.spec, self.ctx, self.built.directions)
         if cfg.data.ranking:

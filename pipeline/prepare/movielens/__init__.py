@@ -17,6 +17,8 @@ Data contract of the output (one row per rating; see ``output_schema``):
 * ``hist_<D>`` holds the movies the user rated in domain D STRICTLY before the row's timestamp (a rating on
   the same second is not history: MovieLens timestamps tie a lot, and ties would leak the future), most
   recent last, truncated to the last ``max_len``; ``hist_count_<D>`` is the untruncated count;
+* ``hist_liked_<D>`` holds, for each event of ``hist_<D>``, 1 if the user rated it >= 4, else 0 (the
+  history lists what the user rated, this says how);
 * per user, the last ``n_test`` rows are test, the ``n_valid`` before them valid, the rest train.
 
 Everything is vectorised (numpy / pyarrow): ml-25m has 25M ratings.

@@ -24,12 +24,14 @@ from crossrank.pipeline.prepare.movielens.rows import (
     split_and_histories,
     write_split,
 )
+from crossrank.pipeline.prepare.movielens.side import SideInfo
 from crossrank.pipeline.prepare.movielens.summary import (
     SUMMARY_NAME,
     PrepareSummary,
     SplitStats,
     _split_stats,
 )
+from crossrank.pipeline.prepare.movielens.users import read_users
 
 # The package's logger, as before the module was split, so that log configuration and output keep their name.
 log = logging.getLogger("crossrank.pipeline.prepare.movielens")
@@ -82,8 +84,9 @@ def prepare_movielens(
     movie_dom, unused = _movie_domains(movies["genre"].to_numpy(), domain_map)
     rows = _read_rows(src_dir, fmt, movies, movie_dom, t0)
     rows, dropped_ratings, dropped_items = _drop_unmapped(rows, domains)
+    side = SideInfo(read_users(src_dir, fmt), movies)
     with replaced_folder(out_dir) as stage:
-        stats = _write_splits(stage, sort_rows(rows), names, max_len, n_test, n_valid, row_group_size)
+        stats = _write_splits(stage, sort_rows(rows), side, names, max_len, n_test, n_valid, row_group_size)
         summary = PrepareSummary(
             source_format=fmt.name,
             src_dir=str(src_dir),
@@ -173,6 +176,7 @@ def _drop_unmapped(rows: Rows, domains: Path | None) -> tuple[Rows, int, int]:
 def _write_splits(
     out_dir: Path,
     rows: Rows,
+    side: SideInfo,
     names: list[str],
     max_len: int,
     n_test: int,
@@ -184,6 +188,7 @@ def _write_splits(
     Args:
         out_dir: the (empty) folder to write into.
         rows: all rows, in ``sort_rows`` order.
+        side: the users' and movies' attributes.
         names: the domain names, in column order.
         max_len: history truncation length.
         n_test: test rows per user.
@@ -197,7 +202,9 @@ def _write_splits(
     stats: dict[str, SplitStats] = {}
     for s, split_name in enumerate(SPLITS):
         idx = np.flatnonzero(split == s)
-        path = write_split(out_dir / split_name / PART_NAME, rows, idx, hist, names, max_len, row_group_size)
+        path = write_split(
+            out_dir / split_name / PART_NAME, rows, idx, hist, side, names, max_len, row_group_size
+        )
         stats[split_name] = _split_stats(
             rows.user[idx], rows.item[idx], rows.dom[idx], rows.label[idx], names
         )

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from crossrank.pipeline.core.atomic import AtomicParquetWriter
 from crossrank.pipeline.prepare.contract import contract_schema
+from crossrank.pipeline.prepare.movielens.side import SIDE_FIELDS, SideInfo
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 PART_NAME = "part-00000.parquet"
@@ -52,16 +53,22 @@ class Histories:
         items: the domain's movie ids in row order (the history values).
         start: per row, the index in ``items`` of its user's first event in the domain.
         end: per row, one past its user's last event in the domain strictly before the row's second.
+        liked: the labels of those events (1: rated >= 4), aligned with ``items`` (int64).
     """
 
     items: list[np.ndarray]
     start: list[np.ndarray]
     end: list[np.ndarray]
+    liked: list[np.ndarray]
 
 
 def output_schema(domains: list[str]) -> pa.Schema:
-    """The Arrow schema of every split file, for domain names in order (the data contract)."""
-    return contract_schema(domains)
+    """The Arrow schema of every split file, for domain names in order: the data contract, then
+    ``hist_liked_<d>`` (list<int64>) per domain: for each event of ``hist_<d>``, 1 if the user rated it
+    >= 4, else 0 (a history lists what the user rated, this says how; the spec's ``event`` features);
+    then the side columns of ``side.SIDE_FIELDS`` (user gender, age, occupation; movie genres, year)."""
+    liked = [pa.field(f"hist_liked_{d}", pa.list_(pa.int64())) for d in domains]
+    return contract_schema(domains, [*liked, *SIDE_FIELDS])
 
 
 def sort_rows(rows: Rows) -> Rows:
@@ -113,12 +120,13 @@ def _history_bounds(rows: Rows, new_user: np.ndarray, n_domains: int) -> Histori
     user_first = _first_index(new_user)  # first row of the row's user
     second_first = _first_index(new_second)  # first row of the row's (user, timestamp)
     del new_second
-    hist = Histories(items=[], start=[], end=[])
+    hist = Histories(items=[], start=[], end=[], liked=[])
     for d in range(n_domains):
         is_d = rows.dom == d
         before = np.zeros(rows.user.size + 1, dtype=np.int64)
         np.cumsum(is_d, out=before[1:])
         hist.items.append(rows.item[is_d])
+        hist.liked.append(rows.label[is_d].astype(np.int64))
         hist.start.append(before[user_first])
         hist.end.append(before[second_first])
     return hist
@@ -166,6 +174,7 @@ def write_split(
     rows: Rows,
     idx: np.ndarray,
     hist: Histories,
+    side: SideInfo,
     names: list[str],
     max_len: int,
     row_group_size: int,
@@ -177,6 +186,7 @@ def write_split(
         rows: all rows, in ``sort_rows`` order.
         idx: positions of this split's rows (also their ``row_id``).
         hist: ``split_and_histories``' histories of all rows.
+        side: the users' and movies' attributes.
         names: the domain names, in column order.
         max_len: history truncation length.
         row_group_size: rows per Parquet row group.
@@ -189,12 +199,18 @@ def write_split(
     cost = sum(np.minimum(hi[idx] - lo[idx], max_len) for lo, hi in zip(hist.start, hist.end, strict=True))
     with AtomicParquetWriter(path, schema, row_group_size) as writer:
         for begin, end in _chunks(np.asarray(cost)):
-            writer.write(_chunk_table(rows, idx[begin:end], hist, schema, name_array, max_len))
+            writer.write(_chunk_table(rows, idx[begin:end], hist, side, schema, name_array, max_len))
     return writer.path
 
 
 def _chunk_table(
-    rows: Rows, idx: np.ndarray, hist: Histories, schema: pa.Schema, name_array: pa.Array, max_len: int
+    rows: Rows,
+    idx: np.ndarray,
+    hist: Histories,
+    side: SideInfo,
+    schema: pa.Schema,
+    name_array: pa.Array,
+    max_len: int,
 ) -> pa.Table:
     """The output rows at ``idx``, histories included (see ``write_split``)."""
     columns: list[pa.Array] = [
@@ -205,8 +221,11 @@ def _chunk_table(
         pa.array(rows.label[idx]),
         pa.array(rows.ts[idx]),
     ]
-    for lo_all, hi_all, values in zip(hist.start, hist.end, hist.items, strict=True):
+    liked = []
+    for lo_all, hi_all, values, labels in zip(hist.start, hist.end, hist.items, hist.liked, strict=True):
         lo, hi = lo_all[idx], hi_all[idx]
         columns.append(_history_list(values, np.maximum(lo, hi - max_len), hi))
         columns.append(pa.array((hi - lo).astype(np.float32)))
-    return pa.Table.from_arrays(columns, schema=schema)
+        liked.append(_history_list(labels, np.maximum(lo, hi - max_len), hi))
+    side_columns = side.arrays(rows.user[idx], rows.item[idx])
+    return pa.Table.from_arrays(columns + liked + side_columns, schema=schema)

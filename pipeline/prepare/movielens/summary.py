@@ -50,6 +50,7 @@ class PrepareSummary:
             are left out), in domain order.
         unused_genres: genres the domain map names that no movie has as first genre (likely a typo or a
             genre spelt differently in this release, e.g. "Children's" vs "Children").
+        item_columns: the columns that describe the candidate movie (its genres and year).
     """
 
     source_format: str
@@ -65,6 +66,9 @@ class PrepareSummary:
     dropped_items: int = 0
     catalog_items_per_domain: dict[str, int] = field(default_factory=dict)
     unused_genres: list[str] = field(default_factory=list)
+    # Columns that describe the candidate movie (not the user): ``prepare ranking`` gives each sampled
+    # negative its own movie's values there.
+    item_columns: list[str] = field(default_factory=lambda: ["genres", "year"])
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict (the content of ``summary.json``)."""
