@@ -7,6 +7,7 @@ and resume from cached per-run results (keyed by config, data and code: ``benchm
     python benchmarks/quality.py ml1m-fusion --seeds 3      # the fusion ablation + orthogonality figure
     python benchmarks/quality.py ml100k --seeds 3           # the default on small data vs mean + none
     python benchmarks/quality.py long-synthetic --seeds 1   # quality vs history length, 1k-4k events
+    python benchmarks/quality.py sparse-domain --seeds 3    # GCA vs none on a sparse domain (A's AUC)
     python benchmarks/quality.py oracle-curve               # model AUC / oracle AUC at 200k, 1M, 4M rows
     python benchmarks/quality.py ml1m-baselines --max-minutes 120   # a part: stop launching runs after 2 h
 
@@ -154,12 +155,36 @@ def oracle_curve(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def sparse_domain(args: argparse.Namespace) -> list[Run]:
+    """A sparse target domain: most users have a few events in A (median 4) and many in B (median 200);
+    GCA against ``none`` and the parameter-matched ``none`` on A's AUC (the report's AUC A column)."""
+    data = quality_data.synthetic(
+        "sparse-A", rows=args.rows, users=2000, max_len=256, domain_medians=(4.0, 200.0), seed=2
+    )
+    spec = derived_spec(SYN_SPEC, data / "spec.yaml", 256)
+    base = (*CONVERGE, "model.sequence_encoder=mean", "data.batch_size=256")
+    variants = {
+        "gca": ["model.fusion.kind=gca"],
+        "none": ["model.fusion.kind=none"],
+        "none (param-matched)": ["model.fusion.kind=none", "model.fusion.param_matched=true"],
+    }
+    extra = {"oracle_auc": quality_data.oracle_auc(data)}
+    return [
+        Run(name, s, "configs/demo.yaml", data, spec, (*base, *sets), extra=extra)
+        for s in range(args.seeds)
+        for name, sets in variants.items()
+    ]
+
+
 STUDIES = {
     "ml1m-sweep": Study(ml1m_sweep, "mean lr 3e-3/0.3", "the default config, chosen on validation AUC"),
     "ml1m-baselines": Study(ml1m_baselines, "mean + none", "encoders x fusion on ml-1m, histories up to 200"),
     "ml1m-fusion": Study(ml1m_fusion, "none (param-matched)", "fusion ablation on ml-1m", ["ortho"]),
     "ml100k": Study(ml100k, "mean + none", "the default config on ml-100k"),
     "long-synthetic": Study(long_synthetic, "", "quality vs history length (synthetic)", ["length"]),
+    "sparse-domain": Study(
+        sparse_domain, "none (param-matched)", "GCA on a sparse target domain (synthetic)"
+    ),
     "oracle-curve": Study(oracle_curve, "", "model AUC / oracle AUC vs rows (synthetic)", ["oracle"]),
 }
 
@@ -177,7 +202,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder", default="mean", help="ml1m-fusion: the sequence encoder")
     parser.add_argument("--lengths", type=int, nargs="*", default=[1024, 4096], help="long-synthetic max_len")
     parser.add_argument("--encoders", nargs="*", default=["mean", "din", "elastic"], help="long-synthetic")
-    parser.add_argument("--rows", type=int, default=100_000, help="long-synthetic rows")
+    parser.add_argument("--rows", type=int, default=100_000, help="long-synthetic / sparse-domain rows")
     parser.add_argument("--sizes", type=int, nargs="*", default=[200_000, 1_000_000, 4_000_000])
     return parser.parse_args()
 

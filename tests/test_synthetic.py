@@ -294,6 +294,8 @@ def test_more_domains(tmp_path: Path) -> None:
         ({"switch_prob": 1.5}, "switch_prob"),
         ({"hist_cap": 150}, "hist_cap"),
         ({"seed": -1}, "seed"),
+        ({"domain_medians": (4.0,)}, "domain_medians"),
+        ({"domain_medians": (4.0, 0.0)}, "domain_medians"),
     ],
 )
 def test_bad_arguments_raise_input_error(kwargs: dict, name: str, tmp_path: Path) -> None:
@@ -330,3 +332,12 @@ def test_failure_leaves_no_partial_files(tmp_path: Path, monkeypatch: pytest.Mon
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")] == []
+
+
+def test_domain_medians_make_a_sparse_domain(tmp_path: Path) -> None:
+    """``domain_medians=(2, 40)``: most users have a few A events and many B events (untruncated counts)."""
+    prepare_synthetic(tmp_path / "d", SyntheticConfig(**{**SMALL, "max_len": 20, "domain_medians": (2.0, 40.0)}))
+    test = pq.read_table(tmp_path / "d" / "test").to_pandas()
+    last = test.sort_values("row_id").groupby("user_id").last()  # each user's latest row: nearly all events
+    assert last["hist_count_A"].median() <= 4 and last["hist_count_B"].median() >= 20
+    assert json.loads((tmp_path / "d" / "oracle.json").read_text())["params"]["domain_medians"] == [2.0, 40.0]

@@ -46,6 +46,7 @@ def prepare_synthetic(args: argparse.Namespace) -> None:
         max_len=args.max_len,
         seed=args.seed,
         row_group_size=args.row_group_size,
+        domain_medians=tuple(args.domain_medians),
     )
     if args.days > 1 or args.new_item_frac:
         from crossrank.pipeline.prepare.synthetic.daily import prepare_synthetic_days

@@ -77,6 +77,14 @@ def _add_prepare_synthetic(sub: argparse._SubParsersAction[argparse.ArgumentPars
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--row-group-size", type=int, default=16384)
     syn.add_argument(
+        "--domain-medians",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="median events per user in each domain, e.g. 4 400: a sparse first domain (default max-len / 2 each)",
+    )
+    syn.add_argument(
         "--days",
         type=int,
         default=1,

@@ -33,6 +33,8 @@ class SyntheticConfig:
         switch_prob: probability per event that the event stream switches interest.
         random_event_prob: probability that an event is a popularity-weighted random item.
         hist_median: median events per user and domain (default ``max_len / 2``).
+        domain_medians: per domain, its median events per user (overrides ``hist_median``), e.g. ``(4, 400)``
+            for a sparse first domain: most users have a few events there and many in the other.
         hist_sigma: lognormal sigma of the events per user and domain (heavy tail).
         hist_cap: cap of events per user and domain (default ``4 * max_len``; at least ``2 * max_len``
             so that truncation matters).
@@ -61,6 +63,7 @@ class SyntheticConfig:
     switch_prob: float = 0.05
     random_event_prob: float = 0.1
     hist_median: float | None = None
+    domain_medians: tuple[float, ...] = ()
     hist_sigma: float = 1.0
     hist_cap: int | None = None
     candidate_interest_frac: float = 0.5
@@ -74,12 +77,18 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         # Accept lists (YAML, JSON) for the domains but keep the declared tuple type.
         self.domains = tuple(self.domains)
+        self.domain_medians = tuple(self.domain_medians)
         self.validate()
 
     @property
     def median_events(self) -> float:
         """Median events per user and domain, ``hist_median`` resolved."""
         return float(self.hist_median) if self.hist_median is not None else self.max_len / 2
+
+    @property
+    def medians(self) -> np.ndarray:
+        """Median events per user of each domain, ``domain_medians`` or ``median_events`` resolved."""
+        return np.array(self.domain_medians or [self.median_events] * len(self.domains), np.float64)
 
     @property
     def events_cap(self) -> int:
@@ -170,6 +179,13 @@ def _check_history(config: SyntheticConfig) -> None:
     """The history length distribution."""
     if config.hist_median is not None and not float(config.hist_median) > 0.0:
         raise _bad("hist_median", f"must be > 0, got {config.hist_median}", "pass a positive number")
+    medians = config.domain_medians
+    if medians and (len(medians) != len(config.domains) or not all(float(m) > 0.0 for m in medians)):
+        raise _bad(
+            "domain_medians",
+            f"must hold one positive number per domain ({len(config.domains)}), got {list(medians)}",
+            "pass e.g. 4 400 for two domains, or leave it out for hist_median in every domain",
+        )
     if config.hist_cap is not None and config.hist_cap < 2 * config.max_len:
         raise _bad(
             "hist_cap",

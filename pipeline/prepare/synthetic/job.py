@@ -117,7 +117,7 @@ def _generate(stage: Path, out_dir: Path, config: SyntheticConfig) -> SyntheticS
 
     splits = {split: _split_summary(stats[split], writers[split].parts) for split in SPLITS}
     params = asdict(config)
-    params["domains"] = list(config.domains)
+    params["domains"], params["domain_medians"] = list(config.domains), list(config.domain_medians)
     params["hist_median"], params["hist_cap"] = config.median_events, config.events_cap
     oracle = {
         "oracle_auc": {s: splits[s].oracle_auc for s in SPLITS},

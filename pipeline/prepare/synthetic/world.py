@@ -83,7 +83,7 @@ def build_world(config: SyntheticConfig) -> World:
     user_interest, user_weight, user_domain, user_bias = _draw_users(rng, config)
     user_vec = np.einsum("um,umr->ur", user_weight, centres[user_interest])
 
-    raw = rng.lognormal(np.log(config.median_events), config.hist_sigma, (config.users, len(config.domains)))
+    raw = rng.lognormal(np.log(config.medians), config.hist_sigma, (config.users, len(config.domains)))
     lengths = np.clip(np.rint(raw), 1, config.events_cap).astype(np.int64)
     block_bounds = _block_bounds(lengths, config.events_per_block)
     # Rows are i.i.d. over users: a multinomial over blocks by size, then uniform users in a block.
