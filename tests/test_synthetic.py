@@ -336,7 +336,9 @@ def test_failure_leaves_no_partial_files(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_domain_medians_make_a_sparse_domain(tmp_path: Path) -> None:
     """``domain_medians=(2, 40)``: most users have a few A events and many B events (untruncated counts)."""
-    prepare_synthetic(tmp_path / "d", SyntheticConfig(**{**SMALL, "max_len": 20, "domain_medians": (2.0, 40.0)}))
+    prepare_synthetic(
+        tmp_path / "d", SyntheticConfig(**{**SMALL, "max_len": 20, "domain_medians": (2.0, 40.0)})
+    )
     test = pq.read_table(tmp_path / "d" / "test").to_pandas()
     last = test.sort_values("row_id").groupby("user_id").last()  # each user's latest row: nearly all events
     assert last["hist_count_A"].median() <= 4 and last["hist_count_B"].median() >= 20
