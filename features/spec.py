@@ -26,8 +26,8 @@ Feature kinds:
     ``id`` one id per row, pooled (EmbeddingBagCollection); ``id_list`` a bag of ids, pooled;
     ``sequence`` a domain's behaviour history, unpooled (EmbeddingCollection), sharing the domain's table;
     ``event`` what happened at each event of a history (``of: hist_A``): a list as long as the history's, in
-    its own table, whose embedding is added to each event's item embedding (e.g. the rating or action type:
-    a history lists what the user touched, an event feature says how);
+    its own table, whose embedding ``e`` scales each event's item embedding, ``item * (1 + e)`` (e.g. the
+    rating or action type: a history lists what the user touched, an event feature says how);
     ``candidate`` the row's candidate item: one id in the table of the row's domain (``domain_column``),
     so it shares that table with the domain's history; ``dense`` a float column.
 
@@ -781,8 +781,8 @@ def _sequence_table(add: _Add, f: FeatureDef, declared: _Declared) -> str | None
 
 
 def _event_table(add: _Add, f: FeatureDef, declared: _Declared) -> str | None:
-    """The table of an event feature: its own, not an item table (those hold items; the event embedding is
-    added to the item's). Whether ``of`` names a history is checked with the feature counts."""
+    """The table of an event feature: its own, not an item table (those hold items; the event embedding
+    scales the item's). Whether ``of`` names a history is checked with the feature counts."""
     if f.domain or f.max_len:
         add(f.name, "an event feature takes `domain` and `max_len` from its history.", "remove them.")
     if f.table in declared.domain_tables:

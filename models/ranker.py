@@ -72,7 +72,7 @@ class CrossDomainRanker(nn.Module):
         dim = spec.embedding_dim
         self.domains = spec.domain_names
         self.history_keys = [spec.sequence_for(d).name for d in self.domains]
-        # Per domain, the event feature whose embedding is added to each history event's (or None).
+        # Per domain, the event feature whose embedding scales each history event's (or None).
         self.event_keys = [event.name if (event := spec.event_for(d)) else None for d in self.domains]
         self.candidate_keys = [spec.candidate_key(d) for d in self.domains]
         self.sparse_arch = SparseArch(
@@ -194,9 +194,12 @@ class CrossDomainRanker(nn.Module):
             candidate = candidate.index_add(0, segment_ids(cand.lengths()), cand.values())
         hists = [jagged[key] for key in self.history_keys]
         values = [h.values() for h in hists]
-        for i, key in enumerate(self.event_keys):  # same lengths as the history (checked by the reader)
+        # An event scales its item's embedding, x_t = item_t * (1 + event_t) (same lengths: checked by the
+        # reader): unlike a sum, a mean or attention over the events can then tell liked items from disliked
+        # ones (e.g. add one set and subtract the other); a sum only shifts every event alike.
+        for i, key in enumerate(self.event_keys):
             if key is not None:
-                values[i] = values[i] + jagged[key].values()
+                values[i] = values[i] * (1.0 + jagged[key].values())
         return pooled_emb, candidate, values, [h.lengths() for h in hists]
 
     def _interests(

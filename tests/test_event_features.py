@@ -1,5 +1,5 @@
 """Event features (``kind: event``): what happened at each event of a history (MovieLens: whether the user
-liked it), one entry per event, cut with the history, looked up in its own table and added to the event's
+liked it), one entry per event, cut with the history, looked up in its own table and scaling the event's
 item embedding; rows share a history encoding only when their events match too."""
 
 from __future__ import annotations

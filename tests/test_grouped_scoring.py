@@ -189,5 +189,7 @@ def test_the_cli_turns_grouping_off_with_row_by_row(
 
 def test_a_ranking_set_of_another_group_size_is_a_clear_error() -> None:
     logits, row_ids, domains = torch.rand(40), torch.arange(40), torch.zeros(40, dtype=torch.long)
-    with pytest.raises(InputError, match=r"rows are not whole groups of 100.*data\.ranking_group_size"):
+    with pytest.raises(
+        InputError, match=r"40 row\(s\) outside whole groups of 100.*data\.ranking_group_size"
+    ):
         ranking_metrics(logits, row_ids, domains, 100, ["A", "B"])

@@ -10,8 +10,10 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from crossrank.pipeline.evaluation.ranking import ranking_metrics
+from crossrank.features.errors import InputError
+from crossrank.pipeline.evaluation.ranking import StreamingRanking, ranking_metrics
 from crossrank.pipeline.prepare.ranking_set import prepare_ranking
+from tests.conftest import launch
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,54 @@ def test_negatives_carry_their_own_item_columns(tmp_path: Path) -> None:
     groups = rows.groupby(rows["row_id"] // 20)
     assert (groups["genres"].apply(lambda g: len({tuple(x) for x in g})) > 1).all()  # they differ in a group
     assert (groups["gender"].nunique() == 1).all() and (groups["age"].nunique() == 1).all()
+
+
+def _ranking_rows(groups: int, group_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Scores, row ids and domains of ``groups`` whole groups, rows shuffled, with some tied scores."""
+    g = torch.Generator().manual_seed(seed)
+    n = groups * group_size
+    logits = torch.randint(0, 40, (n,), generator=g).float() / 8  # ties with the positive happen
+    domains = (torch.arange(n) // group_size) % 2
+    order = torch.randperm(n, generator=g)
+    return logits[order], torch.arange(n)[order], domains[order]
+
+
+def test_streamed_ranking_equals_all_rows_at_once_whatever_the_batches() -> None:
+    """Groups split across batches (and rows in any order) are scored once complete."""
+    logits, row_ids, domains = _ranking_rows(60, 10)
+    want = ranking_metrics(logits, row_ids, domains, 10, ["A", "B"])
+    order = torch.argsort(row_ids)  # in row order, cut at odd places: groups straddle updates
+    acc = StreamingRanking(10, ["A", "B"])
+    for part in torch.tensor_split(order, [7, 33, 34, 250, 591]):
+        acc.update(logits[part], row_ids[part], domains[part])
+        assert acc.rows.numel() < 10  # at most one incomplete group held
+    assert acc.finish() == pytest.approx(want)
+    acc = StreamingRanking(10, ["A", "B"])
+    acc.update(logits[:-3], row_ids[:-3], domains[:-3])  # 3 rows missing: their group is never whole
+    with pytest.raises(InputError, match="7 row"):
+        acc.finish()
+
+
+def _rank_ranking(cut: int, drop_last: bool) -> dict[str, float] | str:
+    from crossrank.pipeline.core.distributed import init_distributed
+
+    ctx = init_distributed()
+    logits, row_ids, domains = _ranking_rows(60, 10)
+    order = torch.argsort(row_ids)[: 597 if drop_last else 600]
+    mine = order[:cut] if ctx.rank == 0 else order[cut:]  # group 30 is split between the ranks
+    acc = StreamingRanking(10, ["A", "B"])
+    acc.update(logits[mine], row_ids[mine], domains[mine])
+    try:
+        return acc.finish(ctx)
+    except InputError as e:
+        return str(e)
+
+
+def test_two_ranks_equal_one_process_with_groups_split_between_them(tmp_path: Path) -> None:
+    logits, row_ids, domains = _ranking_rows(60, 10)
+    want = ranking_metrics(logits, row_ids, domains, 10, ["A", "B"])
+    (tmp_path / "ok").mkdir(), (tmp_path / "bad").mkdir()
+    got = launch(2, tmp_path / "ok", _rank_ranking, 305, False)
+    assert got[0] == pytest.approx(want) and got[1] == pytest.approx(want)
+    bad = launch(2, tmp_path / "bad", _rank_ranking, 305, True)  # every rank raises, none hangs
+    assert "outside whole groups of 10" in bad[0] and bad[0] == bad[1]

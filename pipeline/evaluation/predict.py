@@ -1,5 +1,5 @@
-"""A (sharded) model's predictions over a reader: streamed into the metrics (:func:`evaluate`), or gathered
-for the ranking protocol, whose groups need all their rows together (:func:`evaluate_ranking`)."""
+"""A (sharded) model's predictions over a reader, streamed into the metrics (:func:`evaluate`) and the ranking
+protocol's HR/NDCG (:func:`evaluate_ranking`), or gathered whole (:func:`predict`, for comparisons)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from crossrank.features.spec import FeatureSpec
 from crossrank.pipeline.core.distributed import DistContext, all_gather_cat, all_reduce_max
 from crossrank.pipeline.evaluation.metrics import StreamingMetrics
-from crossrank.pipeline.evaluation.ranking import ranking_metrics
+from crossrank.pipeline.evaluation.ranking import StreamingRanking
 from crossrank.pipeline.reading.batch import Batch
 from crossrank.pipeline.reading.history_groups import forward_batch, grouped_batches
 from crossrank.pipeline.reading.reader import ParquetBatchReader
@@ -77,9 +77,10 @@ def evaluate_ranking(
     group_size: int,
     grouped: bool = False,
 ) -> dict[str, float]:
-    """HR@10 / NDCG@10 on the sampled ranking protocol (``crossrank prepare ranking``)."""
-    p = predict(model, reader, ctx, grouped)
-    keep = p["weights"] > 0
-    return ranking_metrics(
-        p["logits"][keep], p["row_ids"][keep], p["domains"][keep], group_size, spec.domain_names
-    )
+    """HR@10 / NDCG@10 on the sampled ranking protocol (``crossrank prepare ranking``), streamed: each rank
+    scores the groups it holds whole (:class:`StreamingRanking`), so no rank holds every prediction."""
+    acc = StreamingRanking(group_size, spec.domain_names)
+    for rows, logits, _ in model_outputs(model, reader, ctx, grouped):
+        keep = rows.weights > 0
+        acc.update(logits[keep], rows.row_ids[keep], rows.domains[keep])
+    return acc.finish(ctx)
