@@ -90,11 +90,7 @@ def _event_problems(spec: FeatureSpec, table: pa.Table, where: str) -> list[Prob
     problems = []
     for f in spec.of_kind("event"):
         history = next(h for h in spec.of_kind("sequence") if h.name == f.of)
-
-        def lengths(column: str) -> np.ndarray:
-            return pc.fill_null(pc.list_value_length(table.column(column).combine_chunks()), 0).to_numpy()
-
-        bad = np.flatnonzero(lengths(f.column) != lengths(history.column))
+        bad = np.flatnonzero(_list_lengths(table, f.column) != _list_lengths(table, history.column))
         if bad.size:
             msg = (
                 f"column '{f.column}' has a different number of entries than history column "
@@ -103,6 +99,11 @@ def _event_problems(spec: FeatureSpec, table: pa.Table, where: str) -> list[Prob
             fix = f"write one '{f.column}' entry per event of '{history.column}', in the same order."
             problems.append(Problem(where, f.name, msg, fix))
     return problems
+
+
+def _list_lengths(table: pa.Table, column: str) -> np.ndarray:
+    """The length of each row's list in ``column`` (0 for a null list)."""
+    return pc.fill_null(pc.list_value_length(table.column(column).combine_chunks()), 0).to_numpy()
 
 
 def _row_id_problems(spec: FeatureSpec, table: pa.Table, where: str) -> list[Problem]:

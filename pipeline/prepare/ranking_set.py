@@ -123,9 +123,6 @@ def prepare_ranking(
         command="crossrank prepare ranking",
     )
     rated, catalog = _rated_keys(data_dir)
-    if item_columns is None:
-        summary_json = read_json(data_dir / "summary.json")
-        item_columns = list(summary_json.get("item_columns", [])) if isinstance(summary_json, dict) else []
     attributes = _item_attributes(data_dir, item_columns)
     # One generator for the user sample, then every negative: the seed fixes the whole protocol.
     rng = np.random.default_rng(seed)
@@ -228,8 +225,12 @@ def _group_items(
     return items, counts
 
 
-def _item_attributes(data_dir: Path, columns: list[str]) -> pa.Table:
-    """One row per item id (sorted) with its ``columns``, from the first row of the item in the splits."""
+def _item_attributes(data_dir: Path, columns: list[str] | None) -> pa.Table:
+    """One row per item id (sorted) with its ``columns`` (None: ``summary.json``'s ``item_columns``), from the
+    first row of the item in the splits."""
+    if columns is None:
+        summary = read_json(data_dir / "summary.json")
+        columns = list(summary.get("item_columns", [])) if isinstance(summary, dict) else []
     files = [str(f) for s in SPLITS if (data_dir / s).exists() for f in list_parquet_files(data_dir / s)]
     dataset = ds.dataset(files, format="parquet")
     missing = [c for c in columns if c not in dataset.schema.names]
