@@ -19,8 +19,8 @@ from crossrank.models.elastic import ElasticConfig
 from crossrank.models.ranker import TARGET_FREE_ENCODERS
 from crossrank.models.sequence import SEQUENCE_ENCODERS, build_sequence_encoder
 from crossrank.pipeline.cli.main import main
-from crossrank.pipeline.core.distributed import init_distributed
-from crossrank.pipeline.evaluation.predict import predict
+from crossrank.pipeline.core.distributed import DistContext, all_gather_cat, init_distributed
+from crossrank.pipeline.evaluation.predict import model_outputs
 from crossrank.pipeline.evaluation.ranking import ranking_metrics
 from crossrank.pipeline.prepare.ranking_set import prepare_ranking
 from crossrank.pipeline.reading import history_groups as hg
@@ -34,6 +34,22 @@ from tests.test_tracing import COMBOS, Combo, tiny_model, tiny_spec
 REPO = Path(__file__).resolve().parents[1]
 # Every encoder and placement with GCA, and concat (whose fused slots are one tensor shared by the domains).
 GROUPED_COMBOS = [c for c in COMBOS if c[1] == "gca" or c[:2] == ("elastic", "concat")]
+
+
+def predict(
+    model: torch.nn.Module, reader: ParquetBatchReader, ctx: DistContext, grouped: bool = False
+) -> dict[str, torch.Tensor]:
+    """The predictions of all ranks gathered on every rank (``logits, labels, weights, domains, ortho,
+    row_ids``), to compare the grouped and the row-by-row paths row by row."""
+    outs = [
+        (logits, rows.labels.float(), rows.weights.float(), rows.domains, ortho, rows.row_ids)
+        for rows, logits, ortho in model_outputs(model, reader, ctx, grouped)
+    ]
+    names = ("logits", "labels", "weights", "domains", "ortho", "row_ids")
+    return {
+        n: all_gather_cat(torch.cat(c), ctx).cpu()
+        for n, c in zip(names, zip(*outs, strict=True), strict=True)
+    }
 
 
 def repeated_block(spec: FeatureSpec, users: int, per_user: int, seed: int) -> Block:

@@ -1,5 +1,5 @@
 """A (sharded) model's predictions over a reader, streamed into the metrics (:func:`evaluate`) and the ranking
-protocol's HR/NDCG (:func:`evaluate_ranking`), or gathered whole (:func:`predict`, for comparisons)."""
+protocol's HR/NDCG (:func:`evaluate_ranking`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from crossrank.features.spec import FeatureSpec
-from crossrank.pipeline.core.distributed import DistContext, all_gather_cat, all_reduce_max
+from crossrank.pipeline.core.distributed import DistContext, all_reduce_max
 from crossrank.pipeline.evaluation.metrics import StreamingMetrics
 from crossrank.pipeline.evaluation.ranking import StreamingRanking
 from crossrank.pipeline.reading.batch import Batch
@@ -34,23 +34,6 @@ def model_outputs(
             yield rows, logits.float(), ortho.float()
     finally:
         model.train(was_training)
-
-
-def predict(
-    model: torch.nn.Module, reader: ParquetBatchReader, ctx: DistContext, grouped: bool = False
-) -> dict[str, torch.Tensor]:
-    """The predictions of all ranks gathered on every rank: ``logits, labels, weights, domains, ortho,
-    row_ids``. Memory O(rows of all ranks) on every rank: for what needs every row together (the ranking
-    groups); metrics stream through :func:`evaluate` instead."""
-    outs = [
-        (logits, rows.labels.float(), rows.weights.float(), rows.domains, ortho, rows.row_ids)
-        for rows, logits, ortho in model_outputs(model, reader, ctx, grouped)
-    ]
-    names = ("logits", "labels", "weights", "domains", "ortho", "row_ids")
-    return {
-        n: all_gather_cat(torch.cat(c), ctx).cpu()
-        for n, c in zip(names, zip(*outs, strict=True), strict=True)
-    }
 
 
 def evaluate(
