@@ -127,16 +127,27 @@ def long_synthetic(args: argparse.Namespace) -> list[Run]:
             f"long{max_len}", rows=args.rows, users=2000, max_len=max_len, hist_median=max_len / 2, seed=1
         )
         spec = derived_spec(SYN_SPEC, data / "spec.yaml", max_len)
-        for enc in args.encoders:
+        for variant in args.encoders:  # an encoder, maybe with overrides: elastic+model.encoder.num_slots=4
+            enc, *more = variant.split("+")
             sets = (
                 *CONVERGE,
                 f"model.sequence_encoder={enc}",
                 "model.fusion.kind=gca",
                 "data.batch_size=128",
+                *more,
             )
             extra = {"oracle_auc": quality_data.oracle_auc(data)}
             runs += [
-                Run(f"{enc} L={max_len}", s, "configs/demo.yaml", data, spec, sets, extra=extra)
+                Run(
+                    f"{variant} L={max_len}",
+                    s,
+                    "configs/demo.yaml",
+                    data,
+                    spec,
+                    sets,
+                    diagnose=enc == "elastic",
+                    extra=extra,
+                )
                 for s in range(args.seeds)
             ]
     return runs
@@ -201,7 +212,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline", help="the variant paired differences are taken against")
     parser.add_argument("--encoder", default="mean", help="ml1m-fusion: the sequence encoder")
     parser.add_argument("--lengths", type=int, nargs="*", default=[1024, 4096], help="long-synthetic max_len")
-    parser.add_argument("--encoders", nargs="*", default=["mean", "din", "elastic"], help="long-synthetic")
+    parser.add_argument(
+        "--encoders",
+        nargs="*",
+        default=["mean", "din", "elastic"],
+        help="long-synthetic: encoders, each maybe with +overrides (elastic+model.encoder.num_slots=4)",
+    )
     parser.add_argument("--rows", type=int, default=100_000, help="long-synthetic / sparse-domain rows")
     parser.add_argument("--sizes", type=int, nargs="*", default=[200_000, 1_000_000, 4_000_000])
     return parser.parse_args()

@@ -167,6 +167,26 @@ def plot_length(groups: dict[str, list[dict]], out: Path) -> list[str]:
     return ["", "Figure: `benchmarks/results/quality/long-synthetic-length.png`."]
 
 
+def diagnostics_table(groups: dict[str, list[dict]]) -> list[str]:
+    """ELASTIC's diagnostics per variant and domain (mean over seeds), for the runs that stored them."""
+    rows = [(v, rs) for v, rs in groups.items() if all("diagnostics" in r for r in rs)]
+    if not rows:
+        return []
+    names = sorted({n for _, rs in rows for d in rs[0]["diagnostics"].values() for n in d})
+    lines = [
+        "",
+        "ELASTIC diagnostics on validation (`benchmarks/elastic_diagnostics.py`, mean over seeds):",
+        "",
+        "| variant | domain | " + " | ".join(names) + " |",
+        "| --- | --- |" + " --- |" * len(names),
+    ]
+    for variant, runs in rows:
+        for domain in runs[0]["diagnostics"]:
+            cells = [statistics.mean(r["diagnostics"][domain].get(n, math.nan) for r in runs) for n in names]
+            lines.append(f"| {variant} | {domain} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return lines
+
+
 def write(
     study: str, baseline: str, figures: list[str], results: list[dict], out: Path, command: str, version: str
 ) -> None:
@@ -184,6 +204,7 @@ def write(
         lines += plot_ortho(groups, out)
     if "length" in figures:
         lines += plot_length(groups, out)
+    lines += diagnostics_table(groups)
     lines += runs_table(groups)
     (out / f"{study}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -37,6 +37,8 @@ class Run:
         spec: the feature spec to use (``data.spec``).
         overrides: ``--set`` overrides beyond the data, seed and run folder.
         nproc: training processes.
+        diagnose: also store ELASTIC's diagnostics of the best checkpoint on validation
+            (``benchmarks/elastic_diagnostics.py``).
     """
 
     variant: str
@@ -46,6 +48,7 @@ class Run:
     spec: Path
     overrides: tuple[str, ...] = ()
     nproc: int = 2
+    diagnose: bool = False
     extra: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -124,6 +127,15 @@ def _evaluate_best(run: Run, run_dir: Path) -> dict[str, float]:
     return json.loads(_cli(*args).stdout.strip().splitlines()[-1])
 
 
+def _diagnose(run: Run, run_dir: Path) -> dict[str, dict[str, float]]:
+    script = REPO / "benchmarks" / "elastic_diagnostics.py"
+    args = ["--checkpoint", str(run_dir / "best"), "--data", str(run.data / "valid")]
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: diagnostics of {run_dir}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def execute(run: Run, cache: Path, version: str) -> dict:
     """The run's result: from the cache, or trained now and cached (checkpoints are removed after)."""
     key = run_key(run, version)
@@ -151,6 +163,8 @@ def execute(run: Run, cache: Path, version: str) -> dict:
         "wall_s": time.perf_counter() - t0,
         **run.extra,
     }
+    if run.diagnose:
+        result["diagnostics"] = _diagnose(run, run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the study keeps metrics, not weights
     done.write_text(json.dumps(result, indent=1))
     return result

@@ -50,6 +50,9 @@ class ElasticConfig:
         memory_topk: m, sub-keys kept per half and memory rows read per slot.
         memory_key_dim: query / product-key dimension (split in two halves).
         ffn_mult: slot FFN hidden size = ffn_mult * D.
+        query_init_std: standard deviation of the slot queries at initialisation. Small queries give
+            logits ~0: every slot starts as the history's mean, all slots alike
+            (``benchmarks/elastic_diagnostics.py`` measures whether training pulls them apart).
     """
 
     num_slots: int = 8
@@ -60,6 +63,7 @@ class ElasticConfig:
     memory_topk: int = 8
     memory_key_dim: int = 32
     ffn_mult: int = 2
+    query_init_std: float = 0.02
 
 
 @dataclass
@@ -123,7 +127,10 @@ class LinearDispatcher(nn.Module):
         nn.init.normal_(self.recency.weight, std=0.02)
         self.num_buckets = config.recency_buckets
         self.queries = nn.ParameterList(
-            [nn.Parameter(torch.randn(config.num_slots, dim) * 0.02) for _ in range(config.num_layers)]
+            [
+                nn.Parameter(torch.randn(config.num_slots, dim) * config.query_init_std)
+                for _ in range(config.num_layers)
+            ]
         )
         self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(config.num_layers)])
         self.kv = nn.ModuleList([nn.Linear(dim, 2 * dim) for _ in range(config.num_layers)])

@@ -343,3 +343,5 @@ def _validate(cfg: JobConfig, where: str) -> None:
         )
     if enc.memory_key_dim < 2 or enc.memory_key_dim % 2:
         bad("model.encoder.memory_key_dim must be an even number >= 2.", "e.g. 32.")
+    if not enc.query_init_std > 0:
+        bad("model.encoder.query_init_std must be > 0.", "e.g. 1.0 (a query's scale) or 0.02.")
