@@ -50,6 +50,10 @@ class ElasticConfig:
         memory_topk: m, sub-keys kept per half and memory rows read per slot.
         memory_key_dim: query / product-key dimension (split in two halves).
         ffn_mult: slot FFN hidden size = ffn_mult * D.
+        event_residual: each slot also carries the dispatch-weighted sum of the raw event embeddings
+            (heads averaged), in the item embedding space the interaction dots with the candidate. With a
+            uniform dispatch that is the ``mean`` encoder's output: ELASTIC starts from the mean and learns
+            where to depart from it.
         query_init_std: standard deviation of the slot queries at initialisation. Small queries give
             logits ~0: every slot starts as the history's mean, all slots alike
             (``benchmarks/elastic_diagnostics.py`` measures whether training pulls them apart).
@@ -63,6 +67,7 @@ class ElasticConfig:
     memory_topk: int = 8
     memory_key_dim: int = 32
     ffn_mult: int = 2
+    event_residual: bool = False
     query_init_std: float = 0.02
 
 
@@ -123,6 +128,7 @@ class LinearDispatcher(nn.Module):
         self.dim, self.heads, self.slots = dim, config.num_heads, config.num_slots
         self.head_dim = dim // config.num_heads
         self.num_layers = config.num_layers
+        self.event_residual = config.event_residual
         self.recency = nn.Embedding(config.recency_buckets, dim)
         nn.init.normal_(self.recency.weight, std=0.02)
         self.num_buckets = config.recency_buckets
@@ -164,7 +170,8 @@ class LinearDispatcher(nn.Module):
 
     def pool_events(self, layer: int, events: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """A dense block of events [n, L, D] -> the dispatch-weighted sums of its normalised events,
-        [n, K, H * D] (block h of slot k: head h's softmax over positions for slot k).
+        [n, K, H * D] (block h of slot k: head h's softmax over positions for slot k), followed with
+        ``event_residual`` by the raw events' sums averaged over the heads ([n, K, H * D + D]).
 
         The value projection is linear and each softmax sums to 1, so sum_t a_t (W_V x_t + b_V) = W_V
         (sum_t a_t x_t) + b_V: the events are pooled first and projected per slot afterwards
@@ -177,19 +184,26 @@ class LinearDispatcher(nn.Module):
         logits = self.dispatch_logits(layer, x)
         if mask is not None:
             logits = logits + padding_bias(mask, logits.dtype)
+        source = torch.cat([x, events], dim=-1) if self.event_residual else x  # one bmm pools both
         # x^T a, not a^T x: both backward products then come out contiguous, as the softmax backward needs.
-        pooled = torch.bmm(x.transpose(1, 2), torch.softmax(logits, dim=1))  # [n, D, K * H]
-        n = x.shape[0]
-        pooled = pooled.view(n, self.dim, self.slots, self.heads).permute(0, 2, 3, 1)
-        return pooled.reshape(n, self.slots, self.heads * self.dim)
+        pooled = torch.bmm(source.transpose(1, 2), torch.softmax(logits, dim=1))  # [n, D or 2D, K * H]
+        n, width = pooled.shape[:2]
+        pooled = pooled.view(n, width, self.slots, self.heads).permute(0, 2, 3, 1)  # [n, K, H, D or 2D]
+        normed = pooled[..., : self.dim].reshape(n, self.slots, self.heads * self.dim)
+        if not self.event_residual:
+            return normed
+        return torch.cat([normed, pooled[..., self.dim :].mean(dim=2)], dim=-1)
 
     def slots_from_pooled(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled events [B, K, H * D] -> slots [B, K, D]: each head's value projection then ``W_O``, folded
-        into one [H * D, D] map: W_O blockdiag(W_V,1 .. W_V,H) (and bias W_O b_V + b_O)."""
+        into one [H * D, D] map: W_O blockdiag(W_V,1 .. W_V,H) (and bias W_O b_V + b_O); with
+        ``event_residual``, plus the pooled raw events (the last D columns, [B, K, H * D + D])."""
         kv, out = cast(nn.Linear, self.kv[layer]), cast(nn.Linear, self.out[layer])
         w_v = kv.weight[self.dim :].reshape(self.heads, self.head_dim, self.dim)
         weight = out.weight @ torch.block_diag(*w_v.unbind(0))  # [D, H * D]
-        return F.linear(pooled, weight, out.weight @ kv.bias[self.dim :] + out.bias)
+        width = self.heads * self.dim
+        slots = F.linear(pooled[..., :width], weight, out.weight @ kv.bias[self.dim :] + out.bias)
+        return slots + pooled[..., width:] if self.event_residual else slots
 
     def dispatch(self, layer: int, state: JaggedEvents) -> torch.Tensor:
         """One layer's events -> slots [B, K, D] (before mixing), with the device's kernels."""
@@ -212,7 +226,13 @@ class LinearDispatcher(nn.Module):
         logits = torch.einsum("nhd,khd->nkh", k, q) / math.sqrt(self.head_dim)
         weights = jagged_softmax(logits.reshape(n, self.slots * self.heads), offsets, max_len)
         weights = weights.reshape(n, self.slots, self.heads)
-        return self.out[layer](headwise_jagged_pool(weights, v, offsets, max_len))
+        slots = self.out[layer](headwise_jagged_pool(weights, v, offsets, max_len))
+        if not self.event_residual:
+            return slots
+        raw = headwise_jagged_pool(
+            weights, events.unsqueeze(1).expand(n, self.heads, self.dim), offsets, max_len
+        )
+        return slots + raw.reshape(-1, self.slots, self.heads, self.dim).mean(dim=2)
 
     def head_diagonal_slots(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dispatch-back keys and values of the slots [B, K, D] as head-block-diagonal matrices, so that one

@@ -54,6 +54,8 @@ def reference_dispatcher(disp: LinearDispatcher, values: torch.Tensor, lengths: 
         att = torch.nan_to_num(torch.softmax(logits, dim=2))  # empty users: all -inf -> 0
         pooled = torch.einsum("bklh,blhd->bkhd", att, vals).reshape(b, k, h * dh)
         slots = disp.out[layer](pooled)
+        if disp.event_residual:  # plus the raw events pooled by each head, averaged over the heads
+            slots = slots + torch.einsum("bklh,bld->bkd", att, x) / h
         slots = torch.where((lengths == 0).reshape(-1, 1, 1), disp.empty.unsqueeze(0), slots)
         slots = disp.mixers[layer](slots)
         if layer + 1 < disp.num_layers:
@@ -65,10 +67,12 @@ def reference_dispatcher(disp: LinearDispatcher, values: torch.Tensor, lengths: 
     return slots
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_jagged_dispatcher_equals_padded_reference(num_layers: int) -> None:
+def test_jagged_dispatcher_equals_padded_reference(num_layers: int, residual: bool) -> None:
     torch.manual_seed(0)
-    disp = LinearDispatcher(D, ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers))
+    config = ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers, event_residual=residual)
+    disp = LinearDispatcher(D, config)
     values, lengths = jagged_input([5, 0, 1, 17, 3, 0, 1])
     out = disp(values, lengths)
     assert out.shape == (7, 4, D)
@@ -237,18 +241,20 @@ def kernel_outputs(
     return out.detach(), values.grad, grads
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("overhead", [0, attention.BUCKET_OVERHEAD_ROWS])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("case", list(KERNEL_CASES))
 def test_dense_block_kernels_equal_the_fbgemm_path(
-    num_layers: int, case: str, overhead: int, monkeypatch: pytest.MonkeyPatch
+    num_layers: int, case: str, overhead: int, residual: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The CPU dense-block path (folded queries, bucketed softmax / bmm, dense dispatch-back) computes what
     the fbgemm jagged path (the implementation before it, still used off CPU) computes: outputs and every
     gradient to 1e-5. Overhead 0 splits the small test batches into several gathered blocks."""
     monkeypatch.setattr(attention, "BUCKET_OVERHEAD_ROWS", overhead)
     torch.manual_seed(0)
-    disp = LinearDispatcher(D, ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers))
+    config = ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers, event_residual=residual)
+    disp = LinearDispatcher(D, config)
     ref_out, ref_grad, ref_params = kernel_outputs(disp, "fbgemm", KERNEL_CASES[case])
     out, grad, params = kernel_outputs(disp, "dense", KERNEL_CASES[case])
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)

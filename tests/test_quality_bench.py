@@ -57,3 +57,17 @@ def test_paired_differences_are_per_seed(bench: tuple) -> None:  # type: ignore[
     )
     line = next(row for row in report.paired_table(groups, "base") if row.startswith("| new"))
     assert "+0.0200, +0.0100" in line and "0.0150 ± 0.0071" in line and "2/2" in line
+
+
+def test_diagnostics_table_averages_seeds_per_domain(bench: tuple) -> None:  # type: ignore[type-arg]
+    _, report = bench
+
+    def result(variant: str, seed: int, entropy: float | None) -> dict:  # type: ignore[type-arg]
+        diag = {"diagnostics": {"A": {"dispatch_entropy": entropy}}} if entropy is not None else {}
+        return {"variant": variant, "seed": seed, "test": {"auc": 0.7}, **diag}
+
+    groups = report.by_variant(
+        [result("elastic", 0, 0.9), result("elastic", 1, 0.5), result("mean", 0, None)]
+    )
+    rows = [row for row in report.diagnostics_table(groups) if row.startswith("| elastic")]
+    assert rows == ["| elastic | A | 0.700 |"]  # the mean run stored none: no row
