@@ -183,7 +183,8 @@ def diagnostics_table(groups: dict[str, list[dict]]) -> list[str]:
     for variant, runs in rows:
         for domain in runs[0]["diagnostics"]:
             cells = [statistics.mean(r["diagnostics"][domain].get(n, math.nan) for r in runs) for n in names]
-            lines.append(f"| {variant} | {domain} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+            shown = ("-" if math.isnan(c) else f"{c:.3f}" for c in cells)  # nan: a part the variant lacks
+            lines.append(f"| {variant} | {domain} | " + " | ".join(shown) + " |")
     return lines
 
 

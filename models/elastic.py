@@ -67,8 +67,8 @@ class ElasticConfig:
     memory_topk: int = 8
     memory_key_dim: int = 32
     ffn_mult: int = 2
-    event_residual: bool = False
-    query_init_std: float = 0.02
+    event_residual: bool = True
+    query_init_std: float = 1.0
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 from crossrank.features.errors import InputError
 from crossrank.pipeline.core.distributed import init_distributed
 from crossrank.pipeline.reading.reader import ParquetBatchReader
-from crossrank.pipeline.scoring.model import load_for_inference
+from crossrank.pipeline.scoring.model import checkpoint_config, load_for_inference
 from crossrank.pipeline.scoring.score import run_score, score
 from crossrank.pipeline.training import checkpoint as ckpt_mod
 from crossrank.pipeline.training.checkpoint import complete_checkpoints, latest_checkpoint, resolve_checkpoint
@@ -297,3 +297,17 @@ def test_two_process_job_killed_mid_training_resumes_to_the_same_result(
     np.testing.assert_allclose(got["loss_curve"], ref["loss_curve"], rtol=1e-5)
     for key in ("auc", "ne", "logloss", "auc/A", "auc/B"):
         assert got["test"][key] == pytest.approx(ref["test"][key], rel=1e-5), key
+
+
+def test_an_older_checkpoint_keeps_the_encoder_it_was_trained_as(tmp_path: Path) -> None:
+    """A checkpoint written before ``event_residual`` and ``query_init_std`` existed rebuilds the ELASTIC
+    of its day (no residual), whatever today's defaults; a newer checkpoint keeps what it saved."""
+    config = load_config(REPO / "configs" / "demo.yaml").to_dict()
+    config["model"]["encoder"]["event_residual"] = True
+    (tmp_path / "meta.json").write_text(json.dumps({"config": config}))
+    assert checkpoint_config(tmp_path).model.encoder.event_residual is True
+    for key in ("event_residual", "query_init_std"):
+        del config["model"]["encoder"][key]
+    (tmp_path / "meta.json").write_text(json.dumps({"config": config}))
+    encoder = checkpoint_config(tmp_path).model.encoder
+    assert encoder.event_residual is False and encoder.query_init_std == 0.02

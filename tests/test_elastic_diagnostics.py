@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from crossrank.features.spec import load_spec
@@ -38,11 +39,12 @@ def test_slot_similarity_tells_collapsed_from_orthogonal_slots() -> None:
     torch.testing.assert_close(slot_similarity(torch.cat([collapsed, orthogonal])), torch.tensor([1.0, 0.0]))
 
 
-def test_dispatch_weights_are_the_ones_the_dispatcher_pools_with() -> None:
+@pytest.mark.parametrize("residual", [False, True])
+def test_dispatch_weights_are_the_ones_the_dispatcher_pools_with(residual: bool) -> None:
     torch.manual_seed(0)
-    disp = LinearDispatcher(16, ElasticConfig(num_slots=4, num_heads=2))
+    disp = LinearDispatcher(16, ElasticConfig(num_slots=4, num_heads=2, event_residual=residual))
     with torch.no_grad():
-        disp.queries[0].mul_(500)  # far from uniform, so that a wrong weighting shows
+        disp.queries[0].mul_(50)  # far from uniform, so that a wrong weighting shows
     disp.jagged_kernels = "fbgemm"
     lengths = torch.tensor([5, 0, 3, 7])
     values = torch.randn(int(lengths.sum()), 16)
@@ -50,9 +52,12 @@ def test_dispatch_weights_are_the_ones_the_dispatcher_pools_with() -> None:
     weights = dispatch_weights(disp, values, lengths)  # [sum L, K, H]
     assert dispatch_stats(weights, lengths, 2)["entropy"].max() < 0.8
     events = disp.begin(values, lengths).events
+    seg = segment_ids(lengths)
     v = disp.kv[0](disp.norms[0](events)).chunk(2, dim=-1)[1].reshape(-1, 1, 2, 8)
-    pooled = torch.zeros(4, 4, 2, 8).index_add(0, segment_ids(lengths), weights.unsqueeze(-1) * v)
+    pooled = torch.zeros(4, 4, 2, 8).index_add(0, seg, weights.unsqueeze(-1) * v)
     got = disp.out[0](pooled.reshape(4, 4, 16))
+    if residual:  # the raw events under the same weights, heads averaged
+        got = got + torch.zeros(4, 4, 16).index_add(0, seg, weights.mean(-1, keepdim=True) * events[:, None])
     torch.testing.assert_close(got[lengths > 0], expected[lengths > 0])
 
 

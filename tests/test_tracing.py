@@ -56,16 +56,18 @@ COMBOS: list[Combo] = [
 ]
 
 # logits[:4] of the seeded tiny model on the tiny batch, rounded to 1e-4 (printed by the test under
-# ``pytest -s``). Recompute, and say why they moved, only when the model's math is meant to change.
+# ``pytest -s``). Recompute, and say why they moved, only when the model's math is meant to change. Last moved
+# for ELASTIC and self-attention (whose readout is ELASTIC's dispatcher): ``event_residual`` and
+# ``query_init_std`` 1.0 became the defaults.
 GOLDEN: dict[Combo, list[float]] = {
-    ("elastic", "gca", "early", 16): [-0.2691, -0.2225, -0.2492, -0.2206],
-    ("elastic", "cross_attention", "early", 16): [-0.0219, -0.1004, -0.0247, -0.0444],
-    ("elastic", "concat", "early", 16): [0.032, 0.0207, 0.0373, 0.0122],
-    ("elastic", "none", "early", 16): [0.0466, 0.018, 0.0554, 0.0725],
-    ("self_attention", "gca", "early", 16): [-0.4394, -0.342, -0.391, -0.4328],
-    ("self_attention", "cross_attention", "early", 16): [-0.2282, -0.1247, -0.2344, -0.227],
-    ("self_attention", "concat", "early", 16): [0.4141, 0.4017, 0.4046, 0.447],
-    ("self_attention", "none", "early", 16): [0.2745, 0.3197, 0.3114, 0.3634],
+    ("elastic", "gca", "early", 16): [-0.2558, -0.2271, -0.2463, -0.2663],
+    ("elastic", "cross_attention", "early", 16): [-0.0313, -0.1017, -0.0338, -0.0019],
+    ("elastic", "concat", "early", 16): [0.0248, 0.0177, 0.033, 0.0103],
+    ("elastic", "none", "early", 16): [0.0221, 0.0178, 0.0644, 0.0592],
+    ("self_attention", "gca", "early", 16): [-0.473, -0.4006, -0.3928, -0.4876],
+    ("self_attention", "cross_attention", "early", 16): [-0.2359, -0.2411, -0.2194, -0.3114],
+    ("self_attention", "concat", "early", 16): [0.4295, 0.4211, 0.41, 0.5867],
+    ("self_attention", "none", "early", 16): [0.3252, 0.3394, 0.2985, 0.458],
     ("din", "gca", "early", 16): [0.2386, 0.2513, 0.2297, 0.2153],
     ("din", "cross_attention", "early", 16): [0.1348, 0.1641, 0.1509, 0.137],
     ("din", "concat", "early", 16): [0.2001, 0.1788, 0.1862, 0.1811],
@@ -74,10 +76,10 @@ GOLDEN: dict[Combo, list[float]] = {
     ("mean", "cross_attention", "early", 16): [-0.2228, -0.2286, -0.2277, -0.2175],
     ("mean", "concat", "early", 16): [0.1426, 0.1295, 0.1383, 0.1466],
     ("mean", "none", "early", 16): [0.1446, 0.1297, 0.1391, 0.1457],
-    ("elastic", "gca", "stack", 16): [0.0683, 0.1284, 0.1426, 0.1466],
-    ("elastic", "cross_attention", "stack", 16): [-0.075, -0.0614, -0.0704, 0.0745],
-    ("elastic", "gca", "early", 0): [0.1316, 0.0921, 0.0478, 0.2149],
-    ("elastic", "gca", "stack", 0): [0.2391, 0.1978, 0.1163, 0.1611],
+    ("elastic", "gca", "stack", 16): [0.1042, 0.1457, 0.1304, 0.2446],
+    ("elastic", "cross_attention", "stack", 16): [0.015, -0.0972, -0.0046, -0.0726],
+    ("elastic", "gca", "early", 0): [0.1256, 0.0873, 0.0263, 0.1946],
+    ("elastic", "gca", "stack", 0): [0.1965, 0.1856, 0.1371, 0.167],
 }
 
 

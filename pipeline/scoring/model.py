@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from crossrank.pipeline.training.sharding import ShardedRanker, build_sharded_mo
 
 SPEC_FILE = "spec.yaml"  # the feature spec a checkpoint was trained with, copied into it by save_checkpoint
 _OTHER_CHECKPOINT = "use another checkpoint of the run (an earlier checkpoints/step-N, or its best)"
+# Encoder settings added after checkpoints were first written, with the value that rebuilds the model an older
+# checkpoint was trained as: its meta.json holds its whole config, so a missing key means older code.
+_ADDED_ENCODER_KEYS = {"event_residual": False, "query_init_std": 0.02}
 
 
 @dataclass
@@ -56,7 +60,13 @@ def checkpoint_config(path: Path) -> JobConfig:
             where=str(as_path(path) / "meta.json"),
             fix=f"{_OTHER_CHECKPOINT}.",
         )
-    return config_from_dict(meta["config"], str(as_path(path) / "meta.json"))
+    raw = copy.deepcopy(meta["config"])
+    model = raw.get("model")
+    encoder = model.get("encoder") if isinstance(model, dict) else None
+    if isinstance(encoder, dict):
+        for key, value in _ADDED_ENCODER_KEYS.items():
+            encoder.setdefault(key, value)
+    return config_from_dict(raw, str(as_path(path) / "meta.json"))
 
 
 def load_for_inference(checkpoint: str | Path, ctx: DistContext) -> LoadedModel:
