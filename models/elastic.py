@@ -54,9 +54,9 @@ class ElasticConfig:
             (heads averaged), in the item embedding space the interaction dots with the candidate. With a
             uniform dispatch that is the ``mean`` encoder's output: ELASTIC starts from the mean and learns
             where to depart from it.
-        query_init_std: standard deviation of the slot queries at initialisation. Small queries give
-            logits ~0: every slot starts as the history's mean, all slots alike
-            (``benchmarks/elastic_diagnostics.py`` measures whether training pulls them apart).
+        query_init_std: standard deviation of the slot queries at initialisation, a query's scale by
+            default. Small queries (the old 0.02) give logits ~0: every slot starts as the history's mean,
+            all slots alike, and training never pulled them apart (``benchmarks/elastic_diagnostics.py``).
     """
 
     num_slots: int = 8
@@ -92,7 +92,8 @@ class LinearDispatcher(nn.Module):
     """Jagged history -> K interest slots with per-user softmax over positions (linear cost).
 
     a_{t,k,h} = softmax_t(<W_K e_t, q_{k,h}> / sqrt(D/H)) over one user's events; I_k = sum_t a_{t,k} W_V e_t
-    (per head), then ``W_O``, then slot mixing (:class:`SlotMixer`). With ``num_layers > 1`` each layer but
+    (per head), then ``W_O``, plus (``event_residual``) mean_h sum_t a_{t,k,h} e_t, then slot mixing
+    (:class:`SlotMixer`). With ``num_layers > 1`` each layer but
     the last dispatches the slots back to the events (e'_t = e_t + sum_k softmax_k(<W_Q' e_t, W_K' I_k>)
     W_V' I_k) so the next layer compresses refined events. Users with no events get learned interests.
 
@@ -184,15 +185,18 @@ class LinearDispatcher(nn.Module):
         logits = self.dispatch_logits(layer, x)
         if mask is not None:
             logits = logits + padding_bias(mask, logits.dtype)
-        source = torch.cat([x, events], dim=-1) if self.event_residual else x  # one bmm pools both
+        weights = torch.softmax(logits, dim=1)  # [n, L, K * H]
         # x^T a, not a^T x: both backward products then come out contiguous, as the softmax backward needs.
-        pooled = torch.bmm(source.transpose(1, 2), torch.softmax(logits, dim=1))  # [n, D or 2D, K * H]
-        n, width = pooled.shape[:2]
-        pooled = pooled.view(n, width, self.slots, self.heads).permute(0, 2, 3, 1)  # [n, K, H, D or 2D]
-        normed = pooled[..., : self.dim].reshape(n, self.slots, self.heads * self.dim)
+        pooled = torch.bmm(x.transpose(1, 2), weights)  # [n, D, K * H]
+        n = x.shape[0]
+        pooled = pooled.view(n, self.dim, self.slots, self.heads).permute(0, 2, 3, 1)
+        normed = pooled.reshape(n, self.slots, self.heads * self.dim)
         if not self.event_residual:
             return normed
-        return torch.cat([normed, pooled[..., self.dim :].mean(dim=2)], dim=-1)
+        # mean_h sum_t a_tkh e_t = sum_t (mean_h a_tkh) e_t: one [D, L] x [L, K] product, not K * H columns.
+        head_mean = weights.view(n, events.shape[1], self.slots, self.heads).mean(dim=-1)  # [n, L, K]
+        raw = torch.bmm(events.transpose(1, 2), head_mean).transpose(1, 2)  # [n, K, D]
+        return torch.cat([normed, raw], dim=-1)
 
     def slots_from_pooled(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled events [B, K, H * D] -> slots [B, K, D]: each head's value projection then ``W_O``, folded
