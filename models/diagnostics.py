@@ -55,7 +55,7 @@ def dispatch_stats(weights: torch.Tensor, lengths: torch.Tensor, recent: int) ->
     lengths = lengths.long()
     seg = segment_ids(lengths)
     users, (n, k, h) = lengths.numel(), weights.shape
-    entropy = weights.new_zeros(users, k, h).index_add(0, seg, -weights * weights.clamp_min(1e-30).log())
+    entropy = weights.new_zeros(users, k, h).index_add(0, seg, torch.special.entr(weights))
     back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(n, device=weights.device)
     near = (back < recent).to(weights.dtype)[:, None, None]
     mass = weights.new_zeros(users, k, h).index_add(0, seg, weights * near)
@@ -149,7 +149,7 @@ class ElasticProbe:
         read = (out - interests).norm(dim=-1)
         self._add(domain, "memory_read_ratio", read / interests.norm(dim=-1).clamp_min(1e-12))
         weights = torch.softmax(scores, dim=-1)
-        entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1) / math.log(mem.topk)
+        entropy = torch.special.entr(weights).sum(-1) / math.log(mem.topk)
         self._add(domain, "memory_score_entropy", entropy)
         seen = self.rows_read.setdefault(domain, torch.zeros(mem.n * mem.n, dtype=torch.bool))
         seen[ids.reshape(-1).cpu()] = True
@@ -162,7 +162,7 @@ class ElasticProbe:
         if k < 2:
             return
         weights = torch.softmax(readout.score(candidate.unsqueeze(1), keys), dim=1)  # [B, K]
-        entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1) / math.log(k)
+        entropy = torch.special.entr(weights).sum(-1) / math.log(k)
         self._add(domain, "readout_entropy", entropy)
         self._add(domain, "readout_top_weight", weights.max(dim=-1).values)
         counts = torch.bincount(weights.argmax(dim=-1).cpu(), minlength=k)
@@ -175,7 +175,7 @@ class ElasticProbe:
             stats = {n: s / max(self.counts[domain][n], 1) for n, s in self.sums[domain].items()}
             if domain in self.top_slot:
                 share = self.top_slot[domain].double() / self.top_slot[domain].sum().clamp_min(1)
-                stats["readout_slots_used"] = math.exp(-float((share * share.clamp_min(1e-30).log()).sum()))
+                stats["readout_slots_used"] = math.exp(float(torch.special.entr(share).sum()))
             if domain in self.rows_read:
                 stats["memory_rows_read"] = float(self.rows_read[domain].double().mean())
             out[domain] = stats
