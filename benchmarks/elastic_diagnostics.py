@@ -58,7 +58,9 @@ def main() -> None:
     print("| --- |" + " --- |" * len(summary))
     for name in names:
         print(
-            f"| {name} | " + " | ".join(f"{s.get(name, float('nan')):.4f}" for s in summary.values()) + " |"
+            f"| {name} | "
+            + " | ".join(f"{s[name]:.4f}" if name in s else "-" for s in summary.values())
+            + " |"
         )
     print(json.dumps(summary))
 

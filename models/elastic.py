@@ -233,10 +233,9 @@ class LinearDispatcher(nn.Module):
         slots = self.out[layer](headwise_jagged_pool(weights, v, offsets, max_len))
         if not self.event_residual:
             return slots
-        raw = headwise_jagged_pool(
-            weights, events.unsqueeze(1).expand(n, self.heads, self.dim), offsets, max_len
-        )
-        return slots + raw.reshape(-1, self.slots, self.heads, self.dim).mean(dim=2)
+        # As on the dense blocks: the head-averaged weights pool the raw events once, not once per head.
+        head_mean = weights.mean(dim=-1, keepdim=True)  # [sum L, K, 1]
+        return slots + headwise_jagged_pool(head_mean, events.unsqueeze(1), offsets, max_len)
 
     def head_diagonal_slots(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dispatch-back keys and values of the slots [B, K, D] as head-block-diagonal matrices, so that one
