@@ -121,7 +121,8 @@ class DensePaddedElastic(nn.Module):
         disp = self.encoder.dispatcher
         back = (lengths.unsqueeze(1) - 1 - torch.arange(padded.shape[1])).clamp(min=0)
         recency = torch.frexp(back.double()).exponent.long().clamp(max=disp.num_buckets - 1)
-        slots = disp.slots_from_pooled(0, disp.pool_events(0, padded + disp.recency(recency), mask))
+        pooled = disp.pool_events(0, padded + disp.recency(recency), mask, recency)
+        slots = disp.slots_from_pooled(0, pooled)
         slots = torch.where((lengths == 0).reshape(-1, 1, 1), disp.empty.unsqueeze(0), slots)
         return self.encoder.read_memory(disp.mixers[0](slots))
 

@@ -36,8 +36,9 @@ Handler = Callable[[str, Any, tuple[torch.Tensor, ...], torch.Tensor], None]
 def dispatch_weights(disp: LinearDispatcher, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """The first layer's softmax over each user's positions: values [sum L, D], lengths [B] ->
     a [sum L, K, H] (for every slot k and head h, a[:, k, h] sums to 1 over a user's events)."""
-    events = values + disp.recency(recency_buckets(lengths, disp.num_buckets))
-    logits = disp.dispatch_logits(0, disp.norms[0](events))  # [sum L, K * H], slot-major
+    recency = recency_buckets(lengths, disp.num_buckets)
+    events = values + disp.recency(recency)
+    logits = disp.dispatch_logits(0, disp.norms[0](events), recency)  # [sum L, K * H], slot-major
     max_len = int(lengths.max()) if lengths.numel() else 0
     weights = jagged_softmax(logits, complete_offsets(lengths), max_len)
     return weights.reshape(-1, disp.slots, disp.heads)

@@ -11,7 +11,7 @@ elsewhere fbgemm's jagged kernels run on the jagged rows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 import torch
@@ -57,6 +57,11 @@ class ElasticConfig:
         query_init_std: standard deviation of the slot queries at initialisation, a query's scale by
             default. Small queries (the old 0.02) give logits ~0: every slot starts as the history's mean,
             all slots alike, and training never pulled them apart (``benchmarks/elastic_diagnostics.py``).
+        recency_prior: a learned dispatch-logit bias per recency bucket, slot and head, initialised as a
+            multi-scale decay: slot k starts weighting an event ``b`` buckets back by 2^(-c_k b), with c_k
+            spread evenly from 0 (uniform: a mean of the history) to ``recency_prior`` (a few latest
+            events). Content logits alone start near-uniform over positions and never learned recency
+            (``benchmarks/elastic_diagnostics.py``); 0 disables the bias (no parameter).
     """
 
     num_slots: int = 8
@@ -69,6 +74,18 @@ class ElasticConfig:
     ffn_mult: int = 2
     event_residual: bool = True
     query_init_std: float = 1.0
+    recency_prior: float = 0.0
+
+
+def recency_prior(config: ElasticConfig) -> torch.Tensor:
+    """Initial dispatch-logit biases [recency_buckets, K * H] (slot-major columns k * H + h): slot k's
+    bias at bucket b is -ln(2) c_k b with c_k = recency_prior * k / (K - 1). A bucket b >= 1 holds 2^(b-1)
+    events, so c_k < 1 leaves most of the mass on old events, c_k = 1 gives every octave of the history
+    the same mass and c_k > 1 puts it on the latest events."""
+    k = config.num_slots
+    decay = torch.linspace(0.0, config.recency_prior, k) if k > 1 else torch.tensor([config.recency_prior])
+    bias = -math.log(2.0) * torch.arange(config.recency_buckets).unsqueeze(1) * decay  # [buckets, K]
+    return bias.repeat_interleave(config.num_heads, dim=1)
 
 
 @dataclass
@@ -78,7 +95,8 @@ class JaggedEvents:
     fbgemm kernels (``buckets`` is ``None``): ``events`` [sum L, D] jagged rows. Dense-block kernels:
     ``blocks``, one [n_b, L_b, D] block per bucket of ``buckets`` (right-aligned, padding first; see
     :class:`~crossrank.models.attention.SegmentBuckets`), and ``events`` is ``None``. Both: [B + 1]
-    ``offsets``, the longest history ``max_len`` and the [B, 1, 1] mask of users without events."""
+    ``offsets``, the longest history ``max_len``, the [B, 1, 1] mask of users without events, and (fbgemm)
+    every event's [sum L] recency bucket ``recency``."""
 
     events: torch.Tensor | None
     offsets: torch.Tensor
@@ -86,12 +104,14 @@ class JaggedEvents:
     empty: torch.Tensor
     buckets: SegmentBuckets | None = None
     blocks: list[torch.Tensor] = field(default_factory=list)
+    recency: torch.Tensor | None = None
 
 
 class LinearDispatcher(nn.Module):
     """Jagged history -> K interest slots with per-user softmax over positions (linear cost).
 
-    a_{t,k,h} = softmax_t(<W_K e_t, q_{k,h}> / sqrt(D/H)) over one user's events; I_k = sum_t a_{t,k} W_V e_t
+    a_{t,k,h} = softmax_t(<W_K e_t, q_{k,h}> / sqrt(D/H) + r_{b(t),k,h}) over one user's events (r: the
+    ``recency_prior`` bias of event t's recency bucket, if any); I_k = sum_t a_{t,k} W_V e_t
     (per head), then ``W_O``, plus (``event_residual``) mean_h sum_t a_{t,k,h} e_t, then slot mixing
     (:class:`SlotMixer`). With ``num_layers > 1`` each layer but
     the last dispatches the slots back to the events (e'_t = e_t + sum_k softmax_k(<W_Q' e_t, W_K' I_k>)
@@ -149,6 +169,11 @@ class LinearDispatcher(nn.Module):
         self.back_q = nn.ModuleList([nn.Linear(dim, dim) for _ in range(config.num_layers - 1)])
         self.back_kv = nn.ModuleList([nn.Linear(dim, 2 * dim) for _ in range(config.num_layers - 1)])
         self.empty = nn.Parameter(torch.randn(config.num_slots, dim) * 0.02)
+        self.recency_bias = (
+            nn.ParameterList([nn.Parameter(recency_prior(config)) for _ in range(config.num_layers)])
+            if config.recency_prior > 0
+            else None
+        )
 
     def uses_dense_blocks(self, device: torch.device) -> bool:
         """Whether this device runs the dense-block kernels (CPU under ``"auto"``) or fbgemm's."""
@@ -156,8 +181,9 @@ class LinearDispatcher(nn.Module):
             raise ValueError(f"jagged_kernels must be auto, dense or fbgemm, got {self.jagged_kernels!r}")
         return self.jagged_kernels == "dense" or (self.jagged_kernels == "auto" and device.type == "cpu")
 
-    def dispatch_logits(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """Dispatch logits [..., K * H] (slot-major columns: k * H + h) of normalised events x [..., D].
+    def dispatch_logits(self, layer: int, x: torch.Tensor, recency: torch.Tensor) -> torch.Tensor:
+        """Dispatch logits [..., K * H] (slot-major columns: k * H + h) of normalised events x [..., D] whose
+        recency buckets are ``recency`` (x's leading shape, or broadcastable to it: [L] for a block).
 
         The slot queries (and 1 / sqrt(d)) are folded into the key projection: <W_K,h x + b_K,h, q_kh> /
         sqrt(d) = (q_kh^T W_K,h / sqrt(d)) x + q_kh . b_K,h / sqrt(d), one [D, K * H] GEMM per event.
@@ -167,9 +193,14 @@ class LinearDispatcher(nn.Module):
         q = self.queries[layer].reshape(self.slots, self.heads, self.head_dim) / math.sqrt(self.head_dim)
         w_l = torch.einsum("khj,hjc->khc", q, w_k.reshape(self.heads, self.head_dim, self.dim))
         b_l = torch.einsum("khj,hj->kh", q, b_k.reshape(self.heads, self.head_dim))
-        return F.linear(x, w_l.reshape(-1, self.dim), b_l.reshape(-1))
+        logits = F.linear(x, w_l.reshape(-1, self.dim), b_l.reshape(-1))
+        if self.recency_bias is None:
+            return logits
+        return logits + self.recency_bias[layer][recency]
 
-    def pool_events(self, layer: int, events: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def pool_events(
+        self, layer: int, events: torch.Tensor, mask: torch.Tensor | None, recency: torch.Tensor
+    ) -> torch.Tensor:
         """A dense block of events [n, L, D] -> the dispatch-weighted sums of its normalised events,
         [n, K, H * D] (block h of slot k: head h's softmax over positions for slot k), followed with
         ``event_residual`` by the raw events' sums averaged over the heads ([n, K, H * D + D]).
@@ -179,10 +210,11 @@ class LinearDispatcher(nn.Module):
         (:meth:`slots_from_pooled`), which removes the per-event value GEMM.
 
         Args:
-            mask: [n, L] bool, False at padding, or ``None`` (no padding).
+            mask: [n, L] bool, False at padding, or ``None`` (no padding). recency: [L] the positions'
+                recency buckets (:meth:`block_buckets`).
         """
         x = self.norms[layer](events)
-        logits = self.dispatch_logits(layer, x)
+        logits = self.dispatch_logits(layer, x, recency)
         if mask is not None:
             logits = logits + padding_bias(mask, logits.dtype)
         weights = torch.softmax(logits, dim=1)  # [n, L, K * H]
@@ -212,23 +244,30 @@ class LinearDispatcher(nn.Module):
     def dispatch(self, layer: int, state: JaggedEvents) -> torch.Tensor:
         """One layer's events -> slots [B, K, D] (before mixing), with the device's kernels."""
         if state.buckets is None:
-            assert state.events is not None
-            return self.dispatch_fbgemm(layer, state.events, state.offsets, state.max_len)
-        blocks = zip(state.blocks, state.buckets.masks, strict=True)
-        pooled = [self.pool_events(layer, events, mask) for events, mask in blocks]
+            assert state.events is not None and state.recency is not None
+            return self.dispatch_fbgemm(layer, state.events, state.recency, state.offsets, state.max_len)
+        pooled = [
+            self.pool_events(layer, events, mask, self.block_buckets(events.shape[1], events.device))
+            for events, mask in zip(state.blocks, state.buckets.masks, strict=True)
+        ]
         return self.slots_from_pooled(layer, unbucket_segments(pooled, state.buckets))
 
     def dispatch_fbgemm(
-        self, layer: int, events: torch.Tensor, offsets: torch.Tensor, max_len: int
+        self, layer: int, events: torch.Tensor, recency: torch.Tensor, offsets: torch.Tensor, max_len: int
     ) -> torch.Tensor:
-        """:meth:`dispatch` with fbgemm's jagged kernels: events [sum L, D] -> slots [B, K, D]."""
+        """:meth:`dispatch` with fbgemm's jagged kernels: events [sum L, D] whose recency buckets are
+        ``recency`` [sum L] -> slots [B, K, D]."""
         n = events.shape[0]
         k, v = self.kv[layer](self.norms[layer](events)).chunk(2, dim=-1)
         k = k.reshape(n, self.heads, self.head_dim)
         v = v.reshape(n, self.heads, self.head_dim)
         q = self.queries[layer].reshape(self.slots, self.heads, self.head_dim)
-        logits = torch.einsum("nhd,khd->nkh", k, q) / math.sqrt(self.head_dim)
-        weights = jagged_softmax(logits.reshape(n, self.slots * self.heads), offsets, max_len)
+        logits = torch.einsum("nhd,khd->nkh", k, q).reshape(n, self.slots * self.heads) / math.sqrt(
+            self.head_dim
+        )
+        if self.recency_bias is not None:
+            logits = logits + self.recency_bias[layer][recency]
+        weights = jagged_softmax(logits, offsets, max_len)
         weights = weights.reshape(n, self.slots, self.heads)
         slots = self.out[layer](headwise_jagged_pool(weights, v, offsets, max_len))
         if not self.event_residual:
@@ -301,17 +340,19 @@ class LinearDispatcher(nn.Module):
         max_len = int(lengths.max()) if lengths.numel() else 0
         empty = (lengths == 0).reshape(-1, 1, 1)
         if not self.uses_dense_blocks(values.device):
-            events = values + self.recency(recency_buckets(lengths, self.num_buckets))
-            return JaggedEvents(events, offsets, max_len, empty)
+            recency = recency_buckets(lengths, self.num_buckets)
+            return JaggedEvents(values + self.recency(recency), offsets, max_len, empty, recency=recency)
         buckets = segment_buckets(lengths)
-        blocks = [b + self.block_recency(b.shape[1], b.device) for b in bucket_blocks(values, buckets)]
+        blocks = [
+            b + self.recency(self.block_buckets(b.shape[1], b.device)) for b in bucket_blocks(values, buckets)
+        ]
         return JaggedEvents(None, offsets, max_len, empty, buckets, blocks)
 
-    def block_recency(self, width: int, device: torch.device) -> torch.Tensor:
-        """Recency embeddings [L_b, D] of the positions of a right-aligned block of width L_b (position p is
-        L_b - 1 - p events back for every segment of the block): one lookup broadcast over the block."""
+    def block_buckets(self, width: int, device: torch.device) -> torch.Tensor:
+        """Recency buckets [L_b] of the positions of a right-aligned block of width L_b (position p is
+        L_b - 1 - p events back for every segment of the block): one row set broadcast over the block."""
         back = torch.arange(width - 1, -1, -1, device=device)
-        return self.recency(torch.frexp(back.double()).exponent.long().clamp(max=self.num_buckets - 1))
+        return torch.frexp(back.double()).exponent.long().clamp(max=self.num_buckets - 1)
 
     def compress(self, layer: int, state: JaggedEvents) -> torch.Tensor:
         """Layer ``layer``: events -> mixed slots [B, K, D] (learned interests for users with no events)."""
@@ -322,10 +363,11 @@ class LinearDispatcher(nn.Module):
         """Dispatch the slots back to the events for the next layer."""
         if state.buckets is not None:
             blocks = self.dispatch_back_dense(layer, state, slots)
-            return JaggedEvents(None, state.offsets, state.max_len, state.empty, state.buckets, blocks)
+            return replace(state, blocks=blocks)
         assert state.events is not None
-        events = self.dispatch_back(layer, state.events, slots, state.offsets, state.max_len)
-        return JaggedEvents(events, state.offsets, state.max_len, state.empty)
+        return replace(
+            state, events=self.dispatch_back(layer, state.events, slots, state.offsets, state.max_len)
+        )
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         state = self.begin(values, lengths)

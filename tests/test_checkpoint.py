@@ -306,8 +306,8 @@ def test_an_older_checkpoint_keeps_the_encoder_it_was_trained_as(tmp_path: Path)
     config["model"]["encoder"]["event_residual"] = True
     (tmp_path / "meta.json").write_text(json.dumps({"config": config}))
     assert checkpoint_config(tmp_path).model.encoder.event_residual is True
-    for key in ("event_residual", "query_init_std"):
+    for key in ("event_residual", "query_init_std", "recency_prior"):
         del config["model"]["encoder"][key]
     (tmp_path / "meta.json").write_text(json.dumps({"config": config}))
     encoder = checkpoint_config(tmp_path).model.encoder
-    assert encoder.event_residual is False and encoder.query_init_std == 0.02
+    assert encoder.event_residual is False and encoder.query_init_std == 0.02 and encoder.recency_prior == 0

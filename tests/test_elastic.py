@@ -39,7 +39,8 @@ def reference_dispatcher(disp: LinearDispatcher, values: torch.Tensor, lengths: 
     """LinearDispatcher written the obvious way: padded events, masked softmax over positions."""
     h, dh, k = disp.heads, disp.head_dim, disp.slots
     x, mask = padded(values, lengths)
-    rec, _ = padded(disp.recency(recency_buckets(lengths, disp.num_buckets)), lengths)
+    ids = recency_buckets(lengths, disp.num_buckets)
+    rec, _ = padded(disp.recency(ids), lengths)
     x = x + rec
     b, lmax, _ = x.shape
     slots = None
@@ -50,6 +51,9 @@ def reference_dispatcher(disp: LinearDispatcher, values: torch.Tensor, lengths: 
         vals = vals.reshape(b, lmax, h, dh)
         q = disp.queries[layer].reshape(k, h, dh)
         logits = torch.einsum("blhd,khd->bklh", keys, q) / math.sqrt(dh)
+        if disp.recency_bias is not None:  # each event's bucket row, [B, L, K * H] -> [B, K, L, H]
+            bias, _ = padded(disp.recency_bias[layer][ids], lengths)
+            logits = logits + bias.reshape(b, lmax, k, h).transpose(1, 2)
         logits = logits.masked_fill(~mask[:, None, :, None], float("-inf"))
         att = torch.nan_to_num(torch.softmax(logits, dim=2))  # empty users: all -inf -> 0
         pooled = torch.einsum("bklh,blhd->bkhd", att, vals).reshape(b, k, h * dh)
@@ -67,12 +71,18 @@ def reference_dispatcher(disp: LinearDispatcher, values: torch.Tensor, lengths: 
     return slots
 
 
+@pytest.mark.parametrize("prior", [0.0, 2.0])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_jagged_dispatcher_equals_padded_reference(num_layers: int, residual: bool) -> None:
+def test_jagged_dispatcher_equals_padded_reference(num_layers: int, residual: bool, prior: float) -> None:
     torch.manual_seed(0)
-    config = ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers, event_residual=residual)
+    config = ElasticConfig(
+        num_slots=4, num_heads=2, num_layers=num_layers, event_residual=residual, recency_prior=prior
+    )
     disp = LinearDispatcher(D, config)
+    if disp.recency_bias is not None:  # trained biases, not the initial ramp: the layout must match too
+        for table in disp.recency_bias:
+            nn.init.normal_(table)
     values, lengths = jagged_input([5, 0, 1, 17, 3, 0, 1])
     out = disp(values, lengths)
     assert out.shape == (7, 4, D)
@@ -241,19 +251,21 @@ def kernel_outputs(
     return out.detach(), values.grad, grads
 
 
-@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize(("residual", "prior"), [(False, 0.0), (True, 0.0), (True, 2.0)])
 @pytest.mark.parametrize("overhead", [0, attention.BUCKET_OVERHEAD_ROWS])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("case", list(KERNEL_CASES))
 def test_dense_block_kernels_equal_the_fbgemm_path(
-    num_layers: int, case: str, overhead: int, residual: bool, monkeypatch: pytest.MonkeyPatch
+    num_layers: int, case: str, overhead: int, residual: bool, prior: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The CPU dense-block path (folded queries, bucketed softmax / bmm, dense dispatch-back) computes what
     the fbgemm jagged path (the implementation before it, still used off CPU) computes: outputs and every
     gradient to 1e-5. Overhead 0 splits the small test batches into several gathered blocks."""
     monkeypatch.setattr(attention, "BUCKET_OVERHEAD_ROWS", overhead)
     torch.manual_seed(0)
-    config = ElasticConfig(num_slots=4, num_heads=2, num_layers=num_layers, event_residual=residual)
+    config = ElasticConfig(
+        num_slots=4, num_heads=2, num_layers=num_layers, event_residual=residual, recency_prior=prior
+    )
     disp = LinearDispatcher(D, config)
     ref_out, ref_grad, ref_params = kernel_outputs(disp, "fbgemm", KERNEL_CASES[case])
     out, grad, params = kernel_outputs(disp, "dense", KERNEL_CASES[case])
@@ -337,3 +349,20 @@ def test_blocks_are_right_aligned_and_their_gradient_is_index_selects() -> None:
     torch.testing.assert_close(grad, expected)
     none = attention.segment_buckets(torch.zeros(3, dtype=torch.long))
     assert none.shapes == [(0, 0)] and attention.bucket_blocks(values, none)[0].shape == (0, 0, D)
+
+
+def test_recency_prior_starts_the_slots_from_a_mean_to_the_latest_events() -> None:
+    """Without content (zero queries) the dispatch follows the prior: slot 0 is the history's mean, and
+    each later slot puts more of its mass on the latest events, the last one most on the latest event."""
+    from crossrank.models.diagnostics import dispatch_weights
+
+    disp = LinearDispatcher(D, ElasticConfig(num_slots=4, num_heads=2, recency_prior=2.0))
+    disp.queries[0].data.zero_()
+    values, lengths = jagged_input([64])
+    with torch.no_grad():
+        weights = dispatch_weights(disp, values, lengths)  # [64, K, H]
+    torch.testing.assert_close(weights[:, 0], torch.full((64, 2), 1 / 64))
+    latest8 = weights[-8:].sum(0).mean(-1)  # [K]
+    assert (latest8.diff() > 0).all(), latest8
+    assert weights[-1, -1].min() > 0.6  # 2^(-2b) per event: 1 / (1 + 1/4 + 2/16 + ...) = 2/3
+    assert ElasticConfig().recency_prior == 0 or disp.recency_bias is not None

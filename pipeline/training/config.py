@@ -345,3 +345,8 @@ def _validate(cfg: JobConfig, where: str) -> None:
         bad("model.encoder.memory_key_dim must be an even number >= 2.", "e.g. 32.")
     if not enc.query_init_std > 0:
         bad("model.encoder.query_init_std must be > 0.", "e.g. 1.0 (a query's scale) or 0.02.")
+    if not enc.recency_prior >= 0:
+        bad(
+            "model.encoder.recency_prior must be >= 0.",
+            "e.g. 2.0 (slots from a mean to the latest events) or 0 (none).",
+        )
