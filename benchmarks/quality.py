@@ -43,12 +43,14 @@ ENCODERS = ("mean", "din", "self_attention", "elastic")
 
 @dataclass
 class Study:
-    """A named study: its runs (per seed) and the variant its paired differences are taken against."""
+    """A named study: its runs (per seed), the variant its paired differences are taken against and the
+    test metrics they are taken on."""
 
     runs: Callable[[argparse.Namespace], list[Run]]
     baseline: str
     about: str
     figures: list[str] = field(default_factory=list)
+    paired: tuple[str, ...] = ("auc",)
 
 
 def _ml1m(args: argparse.Namespace, variants: dict[str, list[str]], max_len: int = 200) -> list[Run]:
@@ -89,6 +91,12 @@ def ml1m_baselines(args: argparse.Namespace) -> list[Run]:
         "model.fusion.kind=none",
         "model.fusion.param_matched=true",
     ]
+    for fusion in ("none", "gca"):  # the mean plus the means of the latest 4, 16 and 64 events (K = 4)
+        variants[f"mean windows + {fusion}"] = [
+            "model.sequence_encoder=mean",
+            f"model.fusion.kind={fusion}",
+            "model.encoder.mean_windows=[4,16,64]",
+        ]
     return _ml1m(args, variants)
 
 
@@ -194,7 +202,10 @@ STUDIES = {
     "ml100k": Study(ml100k, "mean + none", "the default config on ml-100k"),
     "long-synthetic": Study(long_synthetic, "", "quality vs history length (synthetic)", ["length"]),
     "sparse-domain": Study(
-        sparse_domain, "none (param-matched)", "GCA on a sparse target domain (synthetic)"
+        sparse_domain,
+        "none (param-matched)",
+        "GCA on a sparse target domain (synthetic)",
+        paired=("auc/A", "auc"),
     ),
     "oracle-curve": Study(oracle_curve, "", "model AUC / oracle AUC vs rows (synthetic)", ["oracle"]),
 }
@@ -243,9 +254,8 @@ def main() -> None:
             flush=True,
         )
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    quality_report.write(
-        args.study, args.baseline or study.baseline, study.figures, results, OUT, command, version
-    )
+    baseline = args.baseline or study.baseline
+    quality_report.write(args.study, baseline, study.figures, results, OUT, command, version, study.paired)
 
 
 if __name__ == "__main__":

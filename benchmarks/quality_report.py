@@ -66,17 +66,19 @@ def summary_table(groups: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def paired_table(groups: dict[str, list[dict]], baseline: str) -> list[str]:
-    """Test AUC minus the baseline's, seed by seed (same data order and initial tables per seed)."""
+def paired_table(groups: dict[str, list[dict]], baseline: str, metric: str = "auc") -> list[str]:
+    """Test ``metric`` (AUC, or a domain's: ``auc/A``) minus the baseline's, seed by seed (same data order
+    and initial tables per seed)."""
     if baseline not in groups:
         return []
-    base = {r["seed"]: r["test"]["auc"] for r in groups[baseline]}
-    lines = ["", f"Test AUC minus `{baseline}` of the same seed:", ""]
+    base = {r["seed"]: r["test"][metric] for r in groups[baseline]}
+    label = dict(COLUMNS).get(metric, metric)
+    lines = ["", f"Test {label} minus `{baseline}` of the same seed:", ""]
     lines += ["| variant | per seed | mean ± std | seeds better |", "| --- | --- | --- | --- |"]
     for variant, runs in groups.items():
         if variant == baseline:
             continue
-        diffs = [r["test"]["auc"] - base[r["seed"]] for r in runs if r["seed"] in base]
+        diffs = [r["test"][metric] - base[r["seed"]] for r in runs if r["seed"] in base]
         better = sum(d > 0 for d in diffs)
         per_seed = ", ".join(f"{d:+.4f}" for d in diffs)
         lines.append(f"| {variant} | {per_seed} | {mean_std(diffs)} | {better}/{len(diffs)} |")
@@ -189,16 +191,24 @@ def diagnostics_table(groups: dict[str, list[dict]]) -> list[str]:
 
 
 def write(
-    study: str, baseline: str, figures: list[str], results: list[dict], out: Path, command: str, version: str
+    study: str,
+    baseline: str,
+    figures: list[str],
+    results: list[dict],
+    out: Path,
+    command: str,
+    version: str,
+    paired: tuple[str, ...] = ("auc",),
 ) -> None:
-    """``out/<study>.md`` (and figures), printed too."""
+    """``out/<study>.md`` (and figures), printed too; ``paired``: the test metrics of the paired tables."""
     import matplotlib
 
     matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
     groups = by_variant(results)
     lines = [f"# {study}", "", f"Command: `{command}` (code {version})", "", *summary_table(groups)]
-    lines += paired_table(groups, baseline)
+    for metric in paired:
+        lines += paired_table(groups, baseline, metric)
     if "oracle" in figures:
         lines += oracle_table(groups)
     if "ortho" in figures:

@@ -5,6 +5,7 @@ jagged mean."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
 import torch
@@ -140,30 +141,44 @@ class DinEncoder(nn.Module):
 
 
 class MeanSequenceEncoder(nn.Module):
-    """The mean of a user's history embeddings; a learned vector for users with no history in the domain.
+    """The mean of a user's history embeddings, and (``windows``) the means of the latest w events for each
+    window w: K = 1 + len(windows) interests, from the long-term taste to the current one, which the
+    ranker's target-attention readout weighs per candidate. Learned vectors for users with no history.
 
     Args:
-        dim: D.
+        dim: D. windows: the recent windows, in events (``model.encoder.mean_windows``; none: K = 1).
 
     Shapes:
-        values: [sum L, D]; lengths: [B] -> [B, 1, D] (K = 1).
+        values: [sum L, D] (row-major by user, most recent last); lengths: [B] -> [B, K, D].
 
     Example::
 
-        enc = MeanSequenceEncoder(8)
-        interests = enc(torch.rand(5, 8), torch.tensor([2, 0, 3]), torch.rand(3, 8))  # row 1 = enc.empty
+        enc = MeanSequenceEncoder(8, windows=[2])
+        interests = enc(torch.rand(5, 8), torch.tensor([2, 0, 3]), torch.rand(3, 8))  # [3, 2, 8]
     """
 
-    num_slots = 1
-
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, windows: Sequence[int] = ()) -> None:
         super().__init__()
+        self.windows = list(windows)
+        self.num_slots = 1 + len(self.windows)
         # Not zeros: an empty history must differ from a history that averages to ~0.
         self.empty = nn.Parameter(torch.randn(dim) * 0.01)
+        # Apart from ``empty`` so that a checkpoint of the plain mean keeps its state-dict keys and shapes.
+        self.empty_recent = nn.Parameter(torch.randn(len(self.windows), dim) * 0.01) if self.windows else None
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         batch, dim = lengths.numel(), values.shape[-1]
-        sums = values.new_zeros(batch, dim).index_add(0, segment_ids(lengths), values)
-        mean = sums / lengths.clamp(min=1).unsqueeze(1).to(values.dtype)
-        out = torch.where((lengths > 0).unsqueeze(1), mean, self.empty.expand(batch, dim))
-        return out.unsqueeze(1)
+        seg = segment_ids(lengths)
+        counts = lengths.long().unsqueeze(1)  # [B, 1]
+        weighted = values.unsqueeze(1)  # [sum L, 1, D]
+        empty = self.empty.unsqueeze(0)
+        if self.empty_recent is not None:
+            back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(seg.numel(), device=values.device)
+            windows = torch.tensor(self.windows, device=values.device)
+            recent = (back.unsqueeze(1) < windows).to(values.dtype)  # [sum L, W]
+            weighted = torch.cat([weighted, values.unsqueeze(1) * recent.unsqueeze(-1)], dim=1)
+            counts = torch.cat([counts, torch.minimum(counts, windows)], dim=1)
+            empty = torch.cat([empty, self.empty_recent])
+        sums = values.new_zeros(batch, self.num_slots, dim).index_add(0, seg, weighted)
+        means = sums / counts.clamp(min=1).unsqueeze(-1).to(values.dtype)
+        return torch.where((lengths > 0).reshape(-1, 1, 1), means, empty.unsqueeze(0))

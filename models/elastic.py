@@ -62,6 +62,8 @@ class ElasticConfig:
             spread evenly from 0 (uniform: a mean of the history) to ``recency_prior`` (a few latest
             events). Content logits alone start near-uniform over positions and never learned recency
             (``benchmarks/elastic_diagnostics.py``); 0 disables the bias (no parameter).
+        mean_windows: the ``mean`` encoder's recent windows: besides the whole history's mean, the mean of
+            the latest w events for each w (K = 1 + len); empty: the plain mean (K = 1).
     """
 
     num_slots: int = 8
@@ -75,6 +77,7 @@ class ElasticConfig:
     event_residual: bool = True
     query_init_std: float = 1.0
     recency_prior: float = 0.0
+    mean_windows: list[int] = field(default_factory=list)
 
 
 def recency_prior(config: ElasticConfig) -> torch.Tensor:

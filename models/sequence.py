@@ -27,7 +27,7 @@ def build_sequence_encoder(
     if name == "din":
         return DinEncoder(dim, config)
     if name == "mean":
-        return MeanSequenceEncoder(dim)
+        return MeanSequenceEncoder(dim, config.mean_windows)
     raise ValueError(f"unknown sequence_encoder {name!r}; known: {list(SEQUENCE_ENCODERS)}")
 
 

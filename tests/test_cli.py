@@ -74,6 +74,8 @@ def test_config_errors(tmp_path: Path) -> None:
         load_config(REPO / "configs/demo.yaml", ["model.encoder.query_init_std=0"])
     with pytest.raises(InputError, match=r"model.encoder.recency_prior must be >= 0"):
         load_config(REPO / "configs/demo.yaml", ["model.encoder.recency_prior=-1"])
+    with pytest.raises(InputError, match=r"model.encoder.mean_windows \[4, 0\] must all be >= 1"):
+        load_config(REPO / "configs/demo.yaml", ["model.encoder.mean_windows=[4,0]"])
     with pytest.raises(InputError, match=r"train.epochs = 'three' is not a valid int"):
         load_config(REPO / "configs/demo.yaml", ["train.epochs=three"])
     cfg = load_config(REPO / "configs/demo.yaml", ["train.epochs=5", "model.over_arch_layer_sizes=[32, 1]"])

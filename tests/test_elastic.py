@@ -10,7 +10,7 @@ from torch import nn
 
 from crossrank.models import attention
 from crossrank.models.attention import TargetAttention, recency_buckets
-from crossrank.models.baselines import DinEncoder, SelfAttentionEncoder
+from crossrank.models.baselines import DinEncoder, MeanSequenceEncoder, SelfAttentionEncoder
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder, LinearDispatcher, ProductKeyMemory
 
 D = 16
@@ -213,12 +213,13 @@ def test_elastic_encoder_output_shape_and_memory_sizes() -> None:
         ProductKeyMemory(D, size=1000, topk=4, key_dim=8, name="x")
 
 
-@pytest.mark.parametrize("name", ["elastic", "self_attention", "din", "mean"])
+@pytest.mark.parametrize("name", ["elastic", "self_attention", "din", "mean", "mean windows"])
 def test_every_encoder_handles_a_batch_without_any_event(name: str) -> None:
     """Padding batches (no events at all) happen on ranks that ran out of data."""
     from crossrank.models.sequence import build_sequence_encoder
 
-    enc = build_sequence_encoder(name, D, ElasticConfig(num_slots=4, num_heads=2, num_layers=2), "A")
+    config = ElasticConfig(num_slots=4, num_heads=2, num_layers=2, mean_windows=[2, 8])
+    enc = build_sequence_encoder(name.split()[0], D, config, "A")
     out = enc(torch.zeros(0, D), torch.zeros(5, dtype=torch.long), torch.randn(5, D))
     assert out.shape[0] == 5 and out.shape[2] == D and torch.isfinite(out).all()
     out.sum().backward()
@@ -366,3 +367,26 @@ def test_recency_prior_starts_the_slots_from_a_mean_to_the_latest_events() -> No
     assert (latest8.diff() > 0).all(), latest8
     assert weights[-1, -1].min() > 0.6  # 2^(-2b) per event: 1 / (1 + 1/4 + 2/16 + ...) = 2/3
     assert ElasticConfig().recency_prior == 0 or disp.recency_bias is not None
+
+
+def test_mean_windows_are_the_means_of_the_latest_events() -> None:
+    """K = 1 + len(windows): the whole history's mean, then each window's mean of the latest events (all
+    of them when the history is shorter); users without events get the learned vectors."""
+    enc = MeanSequenceEncoder(D, windows=[2, 8])
+    values, lengths = jagged_input([5, 0, 1, 17, 3])
+    out = enc(values, lengths, torch.randn(5, D))
+    assert out.shape == (5, 3, D)
+    start = 0
+    for user, n in enumerate(lengths.tolist()):
+        events = values[start : start + n]
+        start += n
+        if n == 0:
+            torch.testing.assert_close(out[user, 0], enc.empty)
+            assert enc.empty_recent is not None
+            torch.testing.assert_close(out[user, 1:], enc.empty_recent)
+            continue
+        want = torch.stack([events.mean(0), events[-2:].mean(0), events[-8:].mean(0)])
+        torch.testing.assert_close(out[user], want)
+    plain = MeanSequenceEncoder(D)  # the plain mean keeps its one parameter (checkpoints load as before)
+    assert [name for name, _ in plain.named_parameters()] == ["empty"] and plain.num_slots == 1
+    assert plain(values, lengths, torch.randn(5, D)).shape == (5, 1, D)

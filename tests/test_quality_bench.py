@@ -50,13 +50,17 @@ def test_paired_differences_are_per_seed(bench: tuple) -> None:  # type: ignore[
     _, report = bench
 
     def result(variant: str, seed: int, auc: float) -> dict:  # type: ignore[type-arg]
-        return {"variant": variant, "seed": seed, "test": {"auc": auc}}
+        return {"variant": variant, "seed": seed, "test": {"auc": auc, "auc/A": 1 - auc}}
 
     groups = report.by_variant(
         [result("base", 0, 0.70), result("base", 1, 0.80), result("new", 1, 0.81), result("new", 0, 0.72)]
     )
     line = next(row for row in report.paired_table(groups, "base") if row.startswith("| new"))
     assert "+0.0200, +0.0100" in line and "0.0150 ± 0.0071" in line and "2/2" in line
+    table = report.paired_table(groups, "base", "auc/A")  # a domain's AUC (the sparse-domain study)
+    assert "Test AUC A minus `base`" in table[1]
+    line = next(row for row in table if row.startswith("| new"))
+    assert "-0.0200, -0.0100" in line and "0/2" in line
 
 
 def test_diagnostics_table_averages_seeds_per_domain(bench: tuple) -> None:  # type: ignore[type-arg]

@@ -23,7 +23,12 @@ SPEC_FILE = "spec.yaml"  # the feature spec a checkpoint was trained with, copie
 _OTHER_CHECKPOINT = "use another checkpoint of the run (an earlier checkpoints/step-N, or its best)"
 # Encoder settings added after checkpoints were first written, with the value that rebuilds the model an older
 # checkpoint was trained as: its meta.json holds its whole config, so a missing key means older code.
-_ADDED_ENCODER_KEYS = {"event_residual": False, "query_init_std": 0.02, "recency_prior": 0.0}
+_ADDED_ENCODER_KEYS = {
+    "event_residual": False,
+    "query_init_std": 0.02,
+    "recency_prior": 0.0,
+    "mean_windows": [],
+}
 
 
 @dataclass

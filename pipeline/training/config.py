@@ -345,6 +345,11 @@ def _validate(cfg: JobConfig, where: str) -> None:
         bad("model.encoder.memory_key_dim must be an even number >= 2.", "e.g. 32.")
     if not enc.query_init_std > 0:
         bad("model.encoder.query_init_std must be > 0.", "e.g. 1.0 (a query's scale) or 0.02.")
+    if any(w < 1 for w in enc.mean_windows):
+        bad(
+            f"model.encoder.mean_windows {enc.mean_windows} must all be >= 1 (events).",
+            "e.g. [4, 16, 64] or [].",
+        )
     if not enc.recency_prior >= 0:
         bad(
             "model.encoder.recency_prior must be >= 0.",
