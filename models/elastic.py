@@ -76,7 +76,7 @@ class ElasticConfig:
     ffn_mult: int = 2
     event_residual: bool = True
     query_init_std: float = 1.0
-    recency_prior: float = 0.0
+    recency_prior: float = 2.0
     mean_windows: list[int] = field(default_factory=list)
 
 

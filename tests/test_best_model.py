@@ -167,8 +167,9 @@ def test_validation_rounds_leave_training_unchanged(
 
 def test_a_lower_is_better_metric_keeps_its_lowest_round(small_synthetic: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "logloss"
-    extra = ["train.epochs=1", "train.max_steps=10", "train.validate_every=2", "train.early_stop_patience=0"]
+    extra = ["train.epochs=1", "train.max_steps=6", "train.validate_every=2", "train.early_stop_patience=0"]
     extra += [
+        "model.sequence_encoder=mean",  # pinned: this seeded mean run's logloss rises after round 0
         "train.select_metric=logloss",
         "train.dense_lr=0.03",
         "train.sparse_lr=0.5",
@@ -176,14 +177,12 @@ def test_a_lower_is_better_metric_keeps_its_lowest_round(small_synthetic: Path, 
     ]
     result = train(load_config(None, overrides(small_synthetic, run_dir, *extra)))
     values = [r["value"] for r in result.rounds]
-    assert [r["step"] for r in result.rounds] == [2, 4, 6, 8, 10] and values == [
-        v["logloss"] for v in result.valid
-    ]
+    assert [r["step"] for r in result.rounds] == [2, 4, 6] and values == [v["logloss"] for v in result.valid]
     b, stop = expected_selection(values, higher=False, patience=0)
     assert stop is None and b < len(values) - 1 and values[-1] > values[b]  # the last round is worse
     assert result.best is not None and result.best["step"] == result.rounds[b]["step"]
     assert read_meta(run_dir / "best")["step"] == result.rounds[b]["step"]
-    assert result.stopped_early is None and result.steps == 10
+    assert result.stopped_early is None and result.steps == 6
 
 
 def test_score_and_evaluate_of_a_run_folder_use_its_best_checkpoint(

@@ -61,10 +61,12 @@ def test_dispatch_weights_are_the_ones_the_dispatcher_pools_with(residual: bool)
     torch.testing.assert_close(got[lengths > 0], expected[lengths > 0])
 
 
-def test_probe_summarises_a_rankers_elastic_parts(small_synthetic: Path) -> None:
+@pytest.mark.parametrize("prior", [0.0, 2.0])
+def test_probe_summarises_a_rankers_elastic_parts(small_synthetic: Path, prior: float) -> None:
     spec = load_spec(SPEC)
     torch.manual_seed(0)
-    config = RankerConfig(encoder=ElasticConfig(num_slots=4, memory_size=64, memory_topk=4))
+    enc = ElasticConfig(num_slots=4, memory_size=64, memory_topk=4, recency_prior=prior)
+    config = RankerConfig(encoder=enc)
     ranker = CrossDomainRanker(spec, config).eval()
     probe = ElasticProbe(ranker, recent=4)
     batch = next(iter(ParquetBatchReader(spec, small_synthetic / "test", 64).batches()))
@@ -74,8 +76,12 @@ def test_probe_summarises_a_rankers_elastic_parts(small_synthetic: Path) -> None
     probe.close()
     assert set(summary) == set(spec.domain_names)
     for stats in summary.values():
-        assert 0.9 < stats["dispatch_entropy"] <= 1.0 + 1e-6  # fresh queries: near uniform
-        assert abs(stats["recent_mass"] - stats["recent_uniform"]) < 0.05
+        if prior == 0:  # fresh queries, no recency bias: near uniform
+            assert 0.9 < stats["dispatch_entropy"] <= 1.0 + 1e-6
+            assert abs(stats["recent_mass"] - stats["recent_uniform"]) < 0.05
+        else:  # the prior's later slots start on the latest events
+            assert stats["dispatch_entropy"] < 0.9
+            assert stats["recent_mass"] > stats["recent_uniform"] + 0.1
         assert 0.0 <= stats["slot_cos"] <= 1.0 and 0.0 < stats["memory_rows_read"] <= 1.0
         assert 1.0 <= stats["readout_slots_used"] <= 4.0 + 1e-9
         assert stats["memory_read_ratio"] > 0.0 and 0.0 <= stats["memory_score_entropy"] <= 1.0 + 1e-6
