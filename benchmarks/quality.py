@@ -226,7 +226,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--encoders",
         nargs="*",
-        default=["mean", "din", "elastic"],
+        default=["mean", "mean+model.encoder.mean_windows=[4,16,64]", "din", "elastic"],
         help="long-synthetic: encoders, each maybe with +overrides (elastic+model.encoder.num_slots=4)",
     )
     parser.add_argument("--rows", type=int, default=100_000, help="long-synthetic / sparse-domain rows")

@@ -82,11 +82,10 @@ class ElasticConfig:
 
 def recency_prior(config: ElasticConfig) -> torch.Tensor:
     """Initial dispatch-logit biases [recency_buckets, K * H] (slot-major columns k * H + h): slot k's
-    bias at bucket b is -ln(2) c_k b with c_k = recency_prior * k / (K - 1). A bucket b >= 1 holds 2^(b-1)
-    events, so c_k < 1 leaves most of the mass on old events, c_k = 1 gives every octave of the history
-    the same mass and c_k > 1 puts it on the latest events."""
-    k = config.num_slots
-    decay = torch.linspace(0.0, config.recency_prior, k) if k > 1 else torch.tensor([config.recency_prior])
+    bias at bucket b is -ln(2) c_k b with c_k = recency_prior * k / (K - 1) (0 for a single slot). A bucket
+    b >= 1 holds 2^(b-1) events, so c_k < 1 leaves most of the mass on old events, c_k = 1 gives every octave
+    of the history the same mass and c_k > 1 puts it on the latest events."""
+    decay = torch.linspace(0.0, config.recency_prior, config.num_slots)
     bias = -math.log(2.0) * torch.arange(config.recency_buckets).unsqueeze(1) * decay  # [buckets, K]
     return bias.repeat_interleave(config.num_heads, dim=1)
 
