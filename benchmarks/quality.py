@@ -10,6 +10,7 @@ and resume from cached per-run results (keyed by config, data and code: ``benchm
     python benchmarks/quality.py sparse-domain --seeds 3    # GCA vs none on a sparse domain (A's AUC)
     python benchmarks/quality.py oracle-curve               # model AUC / oracle AUC at 200k, 1M, 4M rows
     python benchmarks/quality.py ml1m-baselines --max-minutes 120   # a part: stop launching runs after 2 h
+    python benchmarks/quality.py ml1m-fusion --cached-only   # the report of the runs done so far
 
 Every run trains on validation-selected checkpoints (``train.select_metric=auc``, best checkpoint evaluated
 on test), so test never chooses anything. Each study writes ``benchmarks/results/quality/<study>.md`` (and
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality_data
 import quality_report
-from quality_runs import REPO, Run, code_version, derived_spec, execute
+from quality_runs import REPO, Run, cached, code_version, derived_spec, execute
 
 OUT = REPO / "benchmarks" / "results" / "quality"
 ML_SPEC = REPO / "features" / "specs" / "movielens.yaml"
@@ -219,6 +220,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the studies and their runs")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-minutes", type=float, default=0, help="stop launching runs after this long")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="launch nothing: report the runs already cached for this code",
+    )
     parser.add_argument("--variants", nargs="*", help="only these variants (a part of the study)")
     parser.add_argument("--baseline", help="the variant paired differences are taken against")
     parser.add_argument("--encoder", default="mean", help="ml1m-fusion: the sequence encoder")
@@ -243,6 +249,8 @@ def main() -> None:
     study = STUDIES[args.study]
     runs = [r for r in study.runs(args) if not args.variants or r.variant in args.variants]
     version, start, results = code_version(), time.perf_counter(), []
+    if args.cached_only:
+        runs = [r for r in runs if cached(r, OUT / "cache", version) is not None]
     for i, run in enumerate(runs):
         if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
             print(f"stopping after {args.max_minutes} min: {len(runs) - i} run(s) left; rerun to continue")

@@ -136,12 +136,18 @@ def _diagnose(run: Run, run_dir: Path) -> dict[str, dict[str, float]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def cached(run: Run, cache: Path, version: str) -> dict | None:
+    """The run's cached result, or ``None`` when it has not run with this code."""
+    done = cache / run_key(run, version) / "result.json"
+    return json.loads(done.read_text()) if done.exists() else None
+
+
 def execute(run: Run, cache: Path, version: str) -> dict:
     """The run's result: from the cache, or trained now and cached (checkpoints are removed after)."""
     key = run_key(run, version)
     done = cache / key / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if (result := cached(run, cache, version)) is not None:
+        return result
     run_dir = cache / key / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()

@@ -38,6 +38,13 @@ def test_run_key_changes_with_what_decides_the_result(bench: tuple, tmp_path: Pa
     assert runs.run_key(run, "abd") != key  # code
     assert runs.run_key(dataclasses.replace(run, seed=1), "abc") != key
     assert runs.run_key(dataclasses.replace(run, overrides=("train.epochs=3",)), "abc") != key
+    cache = tmp_path / "cache"
+    assert runs.cached(run, cache, "abc") is None  # --cached-only leaves it out
+    (cache / key).mkdir(parents=True)
+    (cache / key / "result.json").write_text(json.dumps({"variant": "v", "seed": 0}))
+    assert runs.cached(run, cache, "abc") == {"variant": "v", "seed": 0}
+    assert runs.execute(run, cache, "abc") == {"variant": "v", "seed": 0}  # no training: the cached result
+    assert runs.cached(run, cache, "abd") is None
     assert runs.run_key(dataclasses.replace(run, variant="w"), "abc") == key  # a label, not a setting
     spec.write_text("name: y\n")
     assert runs.run_key(run, "abc") != key
