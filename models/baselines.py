@@ -168,17 +168,16 @@ class MeanSequenceEncoder(nn.Module):
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         batch, dim = lengths.numel(), values.shape[-1]
-        seg = segment_ids(lengths)
-        counts = lengths.long().unsqueeze(1)  # [B, 1]
-        weighted = values.unsqueeze(1)  # [sum L, 1, D]
+        seg, counts = segment_ids(lengths), lengths.long()
+        sums, sizes = [values.new_zeros(batch, dim).index_add(0, seg, values)], [counts]
+        if self.windows:
+            back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(seg.numel(), device=values.device)
+            for w in self.windows:  # sum only each user's latest w events (no masked [sum L, D] copies)
+                latest = (back < w).nonzero().squeeze(1)
+                sums.append(values.new_zeros(batch, dim).index_add(0, seg[latest], values[latest]))
+                sizes.append(counts.clamp(max=w))
+        means = torch.stack(sums, 1) / torch.stack(sizes, 1).clamp(min=1).unsqueeze(-1).to(values.dtype)
         empty = self.empty.unsqueeze(0)
         if self.empty_recent is not None:
-            back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(seg.numel(), device=values.device)
-            windows = torch.tensor(self.windows, device=values.device)
-            recent = (back.unsqueeze(1) < windows).to(values.dtype)  # [sum L, W]
-            weighted = torch.cat([weighted, values.unsqueeze(1) * recent.unsqueeze(-1)], dim=1)
-            counts = torch.cat([counts, torch.minimum(counts, windows)], dim=1)
             empty = torch.cat([empty, self.empty_recent])
-        sums = values.new_zeros(batch, self.num_slots, dim).index_add(0, seg, weighted)
-        means = sums / counts.clamp(min=1).unsqueeze(-1).to(values.dtype)
         return torch.where((lengths > 0).reshape(-1, 1, 1), means, empty.unsqueeze(0))
