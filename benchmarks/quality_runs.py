@@ -147,7 +147,7 @@ def execute(run: Run, cache: Path, version: str) -> dict:
     key = run_key(run, version)
     done = cache / key / "result.json"
     if (result := cached(run, cache, version)) is not None:
-        return result
+        return {**result, "variant": run.variant}  # a label, not a setting: another study may share the run
     run_dir = cache / key / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()

@@ -44,6 +44,8 @@ def test_run_key_changes_with_what_decides_the_result(bench: tuple, tmp_path: Pa
     (cache / key / "result.json").write_text(json.dumps({"variant": "v", "seed": 0}))
     assert runs.cached(run, cache, "abc") == {"variant": "v", "seed": 0}
     assert runs.execute(run, cache, "abc") == {"variant": "v", "seed": 0}  # no training: the cached result
+    renamed = dataclasses.replace(run, variant="gca")  # the same run under another study's label
+    assert runs.execute(renamed, cache, "abc") == {"variant": "gca", "seed": 0}
     assert runs.cached(run, cache, "abd") is None
     assert runs.run_key(dataclasses.replace(run, variant="w"), "abc") == key  # a label, not a setting
     spec.write_text("name: y\n")
