@@ -144,10 +144,10 @@ def cached(run: Run, cache: Path, version: str) -> dict | None:
 
 def execute(run: Run, cache: Path, version: str) -> dict:
     """The run's result: from the cache, or trained now and cached (checkpoints are removed after)."""
-    key = run_key(run, version)
-    done = cache / key / "result.json"
     if (result := cached(run, cache, version)) is not None:
         return {**result, "variant": run.variant}  # a label, not a setting: another study may share the run
+    key = run_key(run, version)
+    done = cache / key / "result.json"
     run_dir = cache / key / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
