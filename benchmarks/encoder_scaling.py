@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crossrank.models.attention import back_buckets
 from crossrank.models.baselines import SelfAttentionEncoder
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder
 from crossrank.models.sequence import build_sequence_encoder
@@ -120,7 +121,7 @@ class DensePaddedElastic(nn.Module):
     def forward(self, padded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         disp = self.encoder.dispatcher
         back = (lengths.unsqueeze(1) - 1 - torch.arange(padded.shape[1])).clamp(min=0)
-        recency = torch.frexp(back.double()).exponent.long().clamp(max=disp.num_buckets - 1)
+        recency = back_buckets(back, disp.num_buckets)
         pooled = disp.pool_events(0, padded + disp.recency(recency), mask, recency)
         slots = disp.slots_from_pooled(0, pooled)
         slots = torch.where((lengths == 0).reshape(-1, 1, 1), disp.empty.unsqueeze(0), slots)

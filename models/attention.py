@@ -265,19 +265,28 @@ def bucketed_softmax_pool(
     return unbucket_segments([block_softmax_pool(lg, v, heads, m) for lg, v, m in blocks], buckets)
 
 
+def events_back(lengths: torch.Tensor) -> torch.Tensor:
+    """How many events before its user's most recent one every jagged event is: [B] -> [sum L] int64
+    (e.g. lengths [2, 0, 1] -> [1, 0, 0]; histories are row-major by user, most recent last)."""
+    seg = segment_ids(lengths)
+    return complete_offsets(lengths)[1:][seg] - 1 - torch.arange(seg.numel(), device=lengths.device)
+
+
+def back_buckets(back: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Log-scale bucket of events ``back`` events before the most recent: floor(log2(back)) + 1, 0 for the
+    most recent (the binary exponent ``frexp`` returns, exact in float64), capped at ``num_buckets - 1``."""
+    return torch.frexp(back.double()).exponent.long().clamp(max=num_buckets - 1)
+
+
 def recency_buckets(lengths: torch.Tensor, num_buckets: int) -> torch.Tensor:
     """Log-scale recency bucket of every jagged event: 0 = most recent, then 1, 2-3, 4-7, ... events back.
 
-    Log buckets keep the table small while telling recent from old events at any history length. The
-    bucket of an event ``back`` events before the most recent is floor(log2(back)) + 1 (0 for the most
-    recent): the binary exponent ``frexp`` returns, exact in float64.
+    Log buckets keep the table small while telling recent from old events at any history length.
 
     Shapes:
         lengths: [B] -> [sum L] int64.
     """
-    seg = segment_ids(lengths)
-    back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(seg.numel(), device=lengths.device)
-    return torch.frexp(back.double()).exponent.long().clamp(max=num_buckets - 1)
+    return back_buckets(events_back(lengths), num_buckets)
 
 
 class SlotMixer(nn.Module):

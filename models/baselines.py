@@ -12,7 +12,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from crossrank.models.attention import TargetAttention, complete_offsets, recency_buckets, segment_ids
+from crossrank.models.attention import (
+    TargetAttention,
+    complete_offsets,
+    events_back,
+    recency_buckets,
+    segment_ids,
+)
 from crossrank.models.elastic import ElasticConfig, LinearDispatcher
 
 
@@ -171,7 +177,7 @@ class MeanSequenceEncoder(nn.Module):
         seg, counts = segment_ids(lengths), lengths.long()
         sums, sizes = [values.new_zeros(batch, dim).index_add(0, seg, values)], [counts]
         if self.windows:
-            back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(seg.numel(), device=values.device)
+            back = events_back(lengths)
             for w in self.windows:  # sum only each user's latest w events (no masked [sum L, D] copies)
                 latest = (back < w).nonzero().squeeze(1)
                 sums.append(values.new_zeros(batch, dim).index_add(0, seg[latest], values[latest]))

@@ -22,6 +22,7 @@ from torch import nn
 from crossrank.models.attention import (
     TargetAttention,
     complete_offsets,
+    events_back,
     jagged_softmax,
     recency_buckets,
     segment_ids,
@@ -55,10 +56,9 @@ def dispatch_stats(weights: torch.Tensor, lengths: torch.Tensor, recent: int) ->
     """
     lengths = lengths.long()
     seg = segment_ids(lengths)
-    users, (n, k, h) = lengths.numel(), weights.shape
+    users, (_, k, h) = lengths.numel(), weights.shape
     entropy = weights.new_zeros(users, k, h).index_add(0, seg, torch.special.entr(weights))
-    back = complete_offsets(lengths)[1:][seg] - 1 - torch.arange(n, device=weights.device)
-    near = (back < recent).to(weights.dtype)[:, None, None]
+    near = (events_back(lengths) < recent).to(weights.dtype)[:, None, None]
     mass = weights.new_zeros(users, k, h).index_add(0, seg, weights * near)
     # One slot pair at a time: all K(K-1)/2 pairs at once hold [sum L, pairs, H] (~220 MB at 512 x 1k, K 8).
     spread = weights.new_zeros(users, h)

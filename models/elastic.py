@@ -24,6 +24,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from crossrank.models.attention import (
     SegmentBuckets,
     SlotMixer,
+    back_buckets,
     bucket_blocks,
     complete_offsets,
     head_segment_offsets,
@@ -353,8 +354,7 @@ class LinearDispatcher(nn.Module):
     def block_buckets(self, width: int, device: torch.device) -> torch.Tensor:
         """Recency buckets [L_b] of the positions of a right-aligned block of width L_b (position p is
         L_b - 1 - p events back for every segment of the block): one row set broadcast over the block."""
-        back = torch.arange(width - 1, -1, -1, device=device)
-        return torch.frexp(back.double()).exponent.long().clamp(max=self.num_buckets - 1)
+        return back_buckets(torch.arange(width - 1, -1, -1, device=device), self.num_buckets)
 
     def compress(self, layer: int, state: JaggedEvents) -> torch.Tensor:
         """Layer ``layer``: events -> mixed slots [B, K, D] (learned interests for users with no events)."""

@@ -289,6 +289,8 @@ def test_recency_buckets_match_the_log2_definition() -> None:
     for num_buckets in (1, 4, 16, 40):
         log2 = torch.floor(torch.log2(back.clamp(min=1).double())).long() + (back > 0).long()
         assert torch.equal(recency_buckets(lengths, num_buckets), log2.clamp(max=num_buckets - 1))
+    assert torch.equal(attention.events_back(lengths), back)
+    assert attention.events_back(torch.tensor([2, 0, 1])).tolist() == [1, 0, 0]
 
 
 def test_uniform_lengths_make_one_view_block_and_skewed_ones_little_padding() -> None:
