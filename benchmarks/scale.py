@@ -22,6 +22,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,12 +31,35 @@ sys.path.insert(0, str(REPO))
 BIN = REPO / ".venv" / "bin"
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[float, float]:
-    """Run ``cmd`` (output to ``log``); returns (peak RSS MiB of that process, seconds). Raises on failure."""
+def _sample_rss(pid: int, trace: Path, stop: threading.Event, every_s: float = 2.0) -> None:
+    """Write ``seconds<TAB>VmRSS MiB`` of ``pid`` to ``trace`` every ``every_s``: the shape of the memory
+    over the run (a plateau, or growth with the rows processed), where the peak alone cannot tell."""
+    t0 = time.perf_counter()
+    with open(trace, "w") as out:
+        while not stop.wait(every_s):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return
+            kb = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
+            out.write(f"{time.perf_counter() - t0:.0f}\t{kb / 1024:.0f}\n")
+            out.flush()
+
+
+def run_measured(cmd: list[str], log: Path, every_s: float = 2.0) -> tuple[float, float]:
+    """Run ``cmd`` (output to ``log``, its RSS every ``every_s`` to ``log`` + ``.rss.tsv``); returns (peak RSS
+    MiB of that process, seconds). Raises on failure."""
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        stop = threading.Event()
+        sampler = threading.Thread(
+            target=_sample_rss, args=(proc.pid, log.with_suffix(".rss.tsv"), stop, every_s), daemon=True
+        )
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        stop.set()
+        sampler.join()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed ({status}): {' '.join(cmd)}; see {log}")
     return usage.ru_maxrss / 1024, time.perf_counter() - t0
