@@ -48,7 +48,10 @@ def _sample_rss(pid: int, trace: Path, stop: threading.Event, every_s: float = 2
 
 def run_measured(cmd: list[str], log: Path, every_s: float = 2.0) -> tuple[float, float]:
     """Run ``cmd`` (output to ``log``, its RSS every ``every_s`` to ``log`` + ``.rss.tsv``); returns (peak RSS
-    MiB of that process, seconds). Raises on failure."""
+    MiB of that process, seconds). Raises on failure.
+
+    The peak (``ru_maxrss``) counts the calling process's resident set at the fork too (Linux keeps the
+    pre-``exec`` image's high-water mark), so call it from a small process, as this script is (~12 MiB)."""
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
