@@ -41,7 +41,9 @@ def _sample_rss(pid: int, trace: Path, stop: threading.Event, every_s: float = 2
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 return
-            kb = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
+            kb = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), None)
+            if kb is None:  # exited, not yet reaped: a zombie has no memory to report (not a 0 to plot)
+                continue
             out.write(f"{time.perf_counter() - t0:.0f}\t{kb / 1024:.0f}\n")
             out.flush()
 
