@@ -51,6 +51,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proc_memory import reset_hwm, status_kb
+
 from crossrank.models.attention import back_buckets
 from crossrank.models.baselines import SelfAttentionEncoder
 from crossrank.models.elastic import ElasticConfig, ElasticEncoder
@@ -128,13 +132,10 @@ class DensePaddedElastic(nn.Module):
         return self.encoder.read_memory(disp.mixers[0](slots))
 
 
-def status_kb(field: str) -> int:
-    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in kB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+def _kb(field: str) -> int:
+    value = status_kb(field)
+    assert value is not None, field  # a running process always has its memory fields
+    return value
 
 
 def step_peak_mb(step: Callable[[], object]) -> float:
@@ -142,11 +143,10 @@ def step_peak_mb(step: Callable[[], object]) -> float:
     memory to the OS and resetting the mark to the current resident set."""
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status_kb("VmRSS")
+    reset_hwm()
+    before = _kb("VmRSS")
     step()
-    return max(status_kb("VmHWM") - before, 0) / 1024
+    return max(_kb("VmHWM") - before, 0) / 1024
 
 
 def build_step(encoder: str, lengths: list[int], mode: str, memory_size: int) -> Callable[[], object]:

@@ -28,6 +28,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proc_memory import status_kb  # noqa: E402  (a sibling script: found by the path above)
+
 BIN = REPO / ".venv" / "bin"
 
 
@@ -38,10 +42,9 @@ def _sample_rss(pid: int, trace: Path, stop: threading.Event, every_s: float = 2
     with open(trace, "w") as out:
         while not stop.wait(every_s):
             try:
-                status = Path(f"/proc/{pid}/status").read_text()
+                kb = status_kb("VmRSS", pid)
             except OSError:
                 return
-            kb = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), None)
             if kb is None:  # exited, not yet reaped: a zombie has no memory to report (not a 0 to plot)
                 continue
             out.write(f"{time.perf_counter() - t0:.0f}\t{kb / 1024:.0f}\n")

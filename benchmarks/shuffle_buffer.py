@@ -17,16 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proc_memory import reset_hwm, status_kb
+
 
 def _vm_hwm_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_hwm() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return status_kb("VmHWM") or 0
 
 
 def _users_per_batch(user_ids: list, batch_size: int) -> float:
@@ -55,7 +52,7 @@ def measure(data: str, spec_path: str, world: int, batch_size: int, buffer_mb: f
         ids, users = t.column(0).to_numpy(), t.column(1).to_numpy()
         user_of.update(zip(ids.tolist(), users.tolist(), strict=True))
         unit_of.update({int(r): i for r in ids})
-    _reset_hwm()
+    reset_hwm()
     base = _vm_hwm_kb()
     t0, rows, batches = time.perf_counter(), 0, []
     for batch in reader.batches():

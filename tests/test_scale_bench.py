@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-# Holds ~200 MiB for 3 s, then frees it and lingers 1 s: the trace must see the rise and the fall.
+# Holds ~200 MiB for 3 s, then frees it and lingers 1.5 s: the trace must see the rise and the fall.
 CHILD = (
     "import time; x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(3); "
     "del x; time.sleep(1.5)"
